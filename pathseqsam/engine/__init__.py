@@ -1,0 +1,1 @@
+"""Glue between PathSeqSAM and MONAI/Ignite engines (batch preparation, handlers)."""
