@@ -1,0 +1,192 @@
+"""Build PathSeqSAM from SAM2's own Hydra configs, optionally from an official checkpoint, with LoRA.
+
+The official SAM2.1 configs are composed from the installed ``sam2`` package with two overrides:
+the model class becomes :class:`~pathseqsam.modeling.network.PathSeqSAM` and the memory
+cross-attention :class:`~pathseqsam.modeling.distance_attention.DistanceAwareRoPEAttention`
+(neither adds SAM2 parameters, so official checkpoints load as they are). ``"tiny"`` is a
+CPU-sized variant of ``sam2.1_hiera_t`` for tests and demos (about 1.3 M parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from pathseqsam.modeling.checkpoint import load_sam2_checkpoint
+from pathseqsam.modeling.lora import apply_lora, configure_trainable, trainable_summary
+from pathseqsam.modeling.network import PathSeqSAM
+
+__all__ = ["MODEL_CONFIGS", "TINY_OVERRIDES", "build_pathseqsam", "sam2_hydra_overrides"]
+
+logger = logging.getLogger(__name__)
+
+# name -> SAM2 Hydra config (inside the sam2 package). SAM2.0 configs are accepted too.
+MODEL_CONFIGS = {
+    "sam2.1_hiera_t": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "sam2.1_hiera_s": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "sam2.1_hiera_b+": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "sam2.1_hiera_l": "configs/sam2.1/sam2.1_hiera_l.yaml",
+    "sam2_hiera_t": "configs/sam2/sam2_hiera_t.yaml",
+    "sam2_hiera_s": "configs/sam2/sam2_hiera_s.yaml",
+    "sam2_hiera_b+": "configs/sam2/sam2_hiera_b+.yaml",
+    "sam2_hiera_l": "configs/sam2/sam2_hiera_l.yaml",
+    "tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+}
+
+# A CPU-sized SAM2.1 (the overrides are checked against SAM2's constraints: channel list
+# [8E, 4E, 2E, E], d_model divisible by 16, mem_dim dividing d_model, no global-attention block
+# first in a stage). About 1.3 M parameters, 16 img/s training at 256 px on 2 cores.
+TINY_OVERRIDES = (
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.neck.d_model=64",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.image_encoder.neck.position_encoding.num_pos_feats=64",
+    "++model.memory_attention.d_model=64",
+    "++model.memory_attention.num_layers=1",
+    "++model.memory_attention.layer.d_model=64",
+    "++model.memory_attention.layer.dim_feedforward=128",
+    "++model.memory_attention.layer.self_attention.embedding_dim=64",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=64",
+    "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
+    "++model.memory_encoder.out_dim=16",
+    "++model.memory_encoder.in_dim=64",
+    "++model.memory_encoder.position_encoding.num_pos_feats=16",
+    "++model.memory_encoder.mask_downsampler.embed_dim=64",
+    "++model.memory_encoder.fuser.layer.dim=64",
+    "++model.memory_encoder.fuser.num_layers=1",
+)
+
+
+def sam2_hydra_overrides(model: str, image_size: int, pathseqsam_class: bool = True) -> list[str]:
+    """Hydra overrides turning a SAM2 config into a PathSeqSAM of ``image_size`` (public for the benchmark).
+
+    Args:
+        model: a key of :data:`MODEL_CONFIGS`.
+        image_size: model input size; a multiple of 32 (SAM2's stride-16 features, 4x upsampled masks).
+        pathseqsam_class: swap in PathSeqSAM and the distance-aware cross-attention.
+
+    Returns:
+        The override strings.
+    """
+    if model not in MODEL_CONFIGS:
+        raise ValueError(f"model must be one of {sorted(MODEL_CONFIGS)}, got {model!r}")
+    if image_size % 32 or image_size < 64:
+        raise ValueError(
+            f"image_size must be a multiple of 32 and >= 64 (SAM2's feature strides), got {image_size}"
+        )
+    feat = image_size // 16
+    overrides = [
+        f"++model.image_size={image_size}",
+        f"++model.memory_attention.layer.self_attention.feat_sizes=[{feat},{feat}]",
+        f"++model.memory_attention.layer.cross_attention.feat_sizes=[{feat},{feat}]",
+        "++model.compile_image_encoder=false",
+    ]
+    if pathseqsam_class:
+        overrides += [
+            "++model._target_=pathseqsam.modeling.network.PathSeqSAM",
+            "++model.memory_attention.layer.cross_attention._target_="
+            "pathseqsam.modeling.distance_attention.DistanceAwareRoPEAttention",
+        ]
+    if model == "tiny":
+        overrides += list(TINY_OVERRIDES)
+    return overrides
+
+
+def _compose(model: str, overrides: Sequence[str]):
+    import sam2  # noqa: F401  (initialises SAM2's Hydra config module)
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    cfg = compose(config_name=MODEL_CONFIGS[model], overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def build_pathseqsam(
+    model: str = "sam2.1_hiera_t",
+    image_size: int = 1024,
+    checkpoint: str | os.PathLike | None = None,
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
+    lora_dropout: float = 0.0,
+    memory_k: int = 5,
+    memory_selection: str = "topk",
+    memory_pool_size: int = 16,
+    distance_mode: str = "multiplicative",
+    distance_unit_um: float = 4.0,
+    distance_lambda_init: float = 0.1,
+    multimask_output: bool | None = None,
+    train_image_encoder: bool = False,
+    frozen: Iterable[str] = (),
+    encoder_chunk: int = 8,
+    device: str | torch.device | None = None,
+) -> PathSeqSAM:
+    """Build a PathSeqSAM network.
+
+    Args:
+        model: ``"sam2.1_hiera_t" | "sam2.1_hiera_s" | "sam2.1_hiera_b+" | "sam2.1_hiera_l"`` (or the
+            SAM2.0 ``"sam2_hiera_*"``), or ``"tiny"`` (CPU-sized, random init, tests and demos).
+        image_size: input size of the model (multiple of 32). Official weights were trained at
+            1024 but load at any size (SAM2 interpolates its position embeddings).
+        checkpoint: path to an official SAM2/SAM2.1 ``.pt`` (``{"model": state_dict}``) of the same
+            config, or one written by :func:`pathseqsam.export_sam2_checkpoint`. None: random init.
+        lora_rank: LoRA rank on the Hiera attention (paper: 8); 0 disables LoRA (encoder frozen
+            unless ``train_image_encoder``).
+        lora_alpha: LoRA alpha (default ``2 * lora_rank``).
+        lora_dropout: dropout of the LoRA branch.
+        memory_k: K of Eq. 2 (paper: 5).
+        memory_selection: ``"topk"`` (Eq. 2) or ``"last"`` (SAM2's last-N frames).
+        memory_pool_size: candidate slices kept in memory (bounds memory for long sequences).
+        distance_mode: ``"multiplicative"`` (Eq. 1), ``"additive"`` or ``"none"``.
+        distance_unit_um: micrometres per distance unit; set it to the typical slice spacing
+            (serial sections: a few um; KPIs patches: patch size x microns per pixel).
+        distance_lambda_init: initial lambda of ``phi(d) = exp(-lambda d^2)`` (paper: 0.1).
+        multimask_output: force SAM2's 3-mask output on/off; None keeps SAM2's rule.
+        train_image_encoder: fine-tune the whole image encoder (instead of LoRA only).
+        frozen: extra parameter-name prefixes to freeze.
+        encoder_chunk: slices per image-encoder call.
+        device: where to put the model (default: CPU).
+
+    Returns:
+        The network, in train mode, with ``requires_grad`` set as described.
+    """
+    cfg = _compose(model, sam2_hydra_overrides(model, image_size))
+    from hydra.utils import instantiate
+
+    net: PathSeqSAM = instantiate(
+        cfg.model,
+        _recursive_=True,
+        memory_k=memory_k,
+        memory_selection=memory_selection,
+        memory_pool_size=memory_pool_size,
+        distance_mode=distance_mode,
+        distance_unit_um=distance_unit_um,
+        distance_lambda_init=distance_lambda_init,
+        multimask_output=multimask_output,
+        encoder_chunk=encoder_chunk,
+    )
+    if checkpoint is not None:
+        load_sam2_checkpoint(net, checkpoint)
+        logger.info("loaded SAM2 weights from %s", checkpoint)
+    if lora_rank > 0:
+        apply_lora(net, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+    configure_trainable(net, train_image_encoder=train_image_encoder, frozen=frozen)
+    counts = trainable_summary(net)
+    logger.info(
+        "PathSeqSAM(%s, %d px): %d parameters, %d trainable (%.2f%%), %d LoRA",
+        model,
+        image_size,
+        counts["total"],
+        counts["trainable"],
+        100 * counts["trainable_fraction"],
+        counts["lora"],
+    )
+    if device is not None:
+        net = net.to(device)
+    return net

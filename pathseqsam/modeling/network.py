@@ -1,0 +1,486 @@
+"""PathSeqSAM: SAM2 over the slices of one subject, with distance-aware and adaptive memory.
+
+``PathSeqSAM`` subclasses ``sam2.modeling.sam2_base.SAM2Base`` and reuses its image encoder,
+prompt encoder, mask decoder, memory encoder and memory attention as they are. What it changes:
+
+* ``forward``: a differentiable, batched pass over a whole sequence (SAM2's video predictor runs
+  under ``inference_mode`` and tracks one object at a time), prompt-free by default;
+* memory assembly (replaces SAM2's ``_prepare_memory_conditioned_features`` loop over the last N
+  frames): top-K slices by Eq. 2 from a bounded bank (see ``adaptive_memory``), with SAM2's temporal
+  slot encodings kept (the frame gap, clipped to SAM2's 6 slots) so pretrained weights stay in
+  distribution;
+* the memory cross-attention keys are weighted by ``phi(d)`` of the physical distance (Eq. 1, see
+  ``distance_attention``).
+
+Build it with :func:`pathseqsam.build_pathseqsam`, which composes SAM2's own Hydra configs.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sam2.modeling.sam2_base import SAM2Base
+from sam2.modeling.sam2_utils import get_1d_sine_pe
+from torch import Tensor
+
+from pathseqsam.modeling.adaptive_memory import (
+    MemoryBank,
+    MemoryEntry,
+    adaptive_memory_scores,
+    gather_entries,
+    select_memory,
+)
+from pathseqsam.modeling.distance_attention import (
+    DistanceAwareRoPEAttention,
+    DistanceKernel,
+    estimate_distances_from_features,
+    pairwise_distances,
+)
+
+__all__ = ["MEMORY_SELECTIONS", "PathSeqSAM"]
+
+MEMORY_SELECTIONS = ("topk", "last")
+
+
+class PathSeqSAM(SAM2Base):
+    """SAM2 that segments every slice of a sequence, remembering the most useful earlier slices.
+
+    Args:
+        *args: SAM2Base arguments (image_encoder, memory_attention, memory_encoder, ...).
+        memory_k: K of Eq. 2, the number of earlier slices kept in memory (paper: 5).
+        memory_selection: ``"topk"`` (Eq. 2) or ``"last"`` (SAM2's stock last ``num_maskmem - 1``
+            frames and last ``max_obj_ptrs_in_encoder - 1`` object pointers; for ablations).
+        memory_pool_size: candidate slices kept in the bank (bounds memory for long sequences).
+        distance_mode: ``"multiplicative"`` (Eq. 1), ``"additive"`` or ``"none"``.
+        distance_unit_um: micrometres per distance unit in ``phi(d) = exp(-lambda d^2)``; set it to
+            the typical spacing of consecutive slices (see ``estimate_distances_from_features``).
+        distance_lambda_init: initial lambda (paper: 0.1).
+        multimask_output: force SAM2's 3-mask output on (True) or off (False); None keeps SAM2's rule.
+        encoder_chunk: slices encoded per image-encoder call (bounds activation memory in inference).
+        **kwargs: further SAM2Base keyword arguments.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        memory_k: int = 5,
+        memory_selection: str = "topk",
+        memory_pool_size: int = 16,
+        distance_mode: str = "multiplicative",
+        distance_unit_um: float = 4.0,
+        distance_lambda_init: float = 0.1,
+        multimask_output: bool | None = None,
+        encoder_chunk: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if memory_selection not in MEMORY_SELECTIONS:
+            raise ValueError(f"memory_selection must be one of {MEMORY_SELECTIONS}, got {memory_selection!r}")
+        if memory_k < 1:
+            raise ValueError(f"memory_k must be >= 1, got {memory_k}")
+        if not distance_unit_um > 0:
+            raise ValueError(f"distance_unit_um must be > 0, got {distance_unit_um}")
+        if encoder_chunk < 1:
+            raise ValueError(f"encoder_chunk must be >= 1, got {encoder_chunk}")
+        needed = max(memory_k, self.num_maskmem - 1, self.max_obj_ptrs_in_encoder - 1)
+        if memory_pool_size < needed:
+            raise ValueError(
+                f"memory_pool_size={memory_pool_size} must be >= {needed} (K, SAM2's frames and pointers)"
+            )
+        self.memory_k = memory_k
+        self.memory_selection = memory_selection
+        self.memory_pool_size = memory_pool_size
+        self.distance_unit_um = float(distance_unit_um)
+        self.multimask_output = multimask_output
+        self.encoder_chunk = encoder_chunk
+        self.distance_kernel = DistanceKernel(distance_mode, distance_lambda_init)
+        if distance_mode != "none":
+            bad = [
+                i
+                for i, layer in enumerate(self.memory_attention.layers)
+                if not isinstance(layer.cross_attn_image, DistanceAwareRoPEAttention)
+            ]
+            if bad:
+                raise ValueError(
+                    f"distance_mode={distance_mode!r} needs DistanceAwareRoPEAttention as memory cross-attention "
+                    f"(layers {bad} are not): build the model with pathseqsam.build_pathseqsam"
+                )
+
+    @property
+    def distance_mode(self) -> str:
+        return self.distance_kernel.mode
+
+    # ------------------------------------------------------------------ public API
+    def forward(
+        self,
+        images: Tensor,
+        positions: Tensor | None = None,
+        prompts: dict[str, Tensor] | None = None,
+        return_aux: bool = False,
+    ) -> Tensor | dict[str, Tensor]:
+        """Segment every slice of a batch of sequences.
+
+        Args:
+            images: ``[B, 3, N, H, W]`` (or ``[B, 3, H, W]`` for ``N = 1``), RGB normalised with
+                SAM2's ImageNet mean/std. Resized to ``image_size`` inside if needed.
+            positions: optional ``[B, N]`` or ``[B, N, D]`` (D = 1, 2, 3) slice/patch positions in
+                micrometres; NaN (or None) where unknown, then distances are estimated from features.
+            prompts: optional dict, for interactive use; slices without prompts are segmented
+                automatically. ``"point_coords"`` ``[B, N, P, 2]`` (x, y) in input pixels,
+                ``"point_labels"`` ``[B, N, P]`` (1 foreground, 0 background, -1 none),
+                ``"boxes"`` ``[B, N, 4]`` (x0, y0, x1, y1), NaN rows for none. Prompted slices are
+                SAM2 conditioning slices: always in memory.
+            return_aux: also return SAM2's heads and what training losses need.
+
+        Returns:
+            Mask logits ``[B, 1, N, H, W]`` (``[B, 1, H, W]`` for 4-D input; SAM2 writes -1024 where its object score says "no
+            object"), or with ``return_aux`` a dict: ``logits``; ``object_score_logits``,
+            ``iou_predictions`` ``[B, N]``; ``descriptors`` ``[B, N, C]``; ``image_features``
+            ``[B, N, C, h, w]`` (stride-16 image-encoder features); ``memory_indices``
+            ``[B, N, M]`` (slice indices each slice attended to, -1 padded).
+        """
+        images, squeeze = self._as_sequence(images)
+        bsz, _, n, h, w = images.shape
+        pos = self._as_positions(positions, bsz, n, images.device)
+        slice_prompts = self._as_prompts(prompts, bsz, n, h, w, images.device)
+
+        bank = MemoryBank(self.memory_pool_size)
+        state = {"adj_sum": images.new_zeros(bsz), "adj_count": 0, "prev_desc": None}
+        outs: dict[str, list[Tensor]] = {k: [] for k in ("logits", "obj", "iou", "desc", "feat", "mem")}
+        for c0 in range(0, n, self.encoder_chunk):
+            c1 = min(n, c0 + self.encoder_chunk)
+            chunk = images[:, :, c0:c1].transpose(1, 2).reshape(bsz * (c1 - c0), 3, h, w)
+            if (h, w) != (self.image_size, self.image_size):
+                chunk = F.interpolate(
+                    chunk, size=(self.image_size,) * 2, mode="bilinear", align_corners=False
+                )
+            _, feats, vpos, feat_sizes = self._prepare_backbone_features(self.forward_image(chunk))
+            for i in range(c1 - c0):
+                # [HW, B*n, C] -> this slice's [HW, B, C]
+                feats_t = [x.unflatten(1, (bsz, c1 - c0))[:, :, i].contiguous() for x in feats]
+                vpos_t = [x.unflatten(1, (bsz, c1 - c0))[:, :, i].contiguous() for x in vpos]
+                step = self._segment_slice(
+                    c0 + i,
+                    n,
+                    feats_t,
+                    vpos_t,
+                    feat_sizes,
+                    slice_prompts[c0 + i],
+                    bank,
+                    pos,
+                    state,
+                    return_aux,
+                )
+                for key, value in step.items():
+                    outs[key].append(value)
+
+        logits = torch.stack(outs["logits"], dim=2)  # [B, 1, N, S, S]
+        if (h, w) != (self.image_size, self.image_size):
+            logits = F.interpolate(logits.flatten(1, 2), size=(h, w), mode="bilinear", align_corners=False)
+            logits = logits.unflatten(1, (1, n))
+        if squeeze:  # [B, 3, H, W] in -> [B, 1, H, W] out
+            logits = logits[:, :, 0]
+        if not return_aux:
+            return logits
+        mem = outs["mem"]
+        width = max((m.shape[1] for m in mem), default=0)
+        mem_idx = torch.full((bsz, n, width), -1, dtype=torch.long, device=images.device)
+        for t, m in enumerate(mem):
+            mem_idx[:, t, : m.shape[1]] = m
+        return {
+            "logits": logits,
+            "object_score_logits": torch.stack(outs["obj"], dim=1),
+            "iou_predictions": torch.stack(outs["iou"], dim=1),
+            "descriptors": torch.stack(outs["desc"], dim=1),
+            "image_features": torch.stack(outs["feat"], dim=1),
+            "memory_indices": mem_idx,
+        }
+
+    # ------------------------------------------------------------------ one slice
+    def _segment_slice(
+        self,
+        t: int,
+        n: int,
+        feats: list[Tensor],
+        vpos: list[Tensor],
+        feat_sizes: list[tuple[int, int]],
+        point_inputs: dict[str, Tensor] | None,
+        bank: MemoryBank,
+        positions: Tensor,
+        state: dict[str, Any],
+        return_aux: bool,
+    ) -> dict[str, Tensor]:
+        bsz, c = feats[-1].shape[1], self.hidden_dim
+        hf, wf = feat_sizes[-1]
+        top = feats[-1].permute(1, 2, 0).reshape(bsz, c, hf, wf)
+        desc = F.normalize(top.detach().float().mean(dim=(2, 3)), dim=-1)
+        if state["prev_desc"] is not None:
+            state["adj_sum"] = state["adj_sum"] + (1.0 - (desc * state["prev_desc"]).sum(-1)).clamp_min(0.0)
+            state["adj_count"] += 1
+        state["prev_desc"] = desc
+
+        mem_slices = torch.empty(bsz, 0, dtype=torch.long, device=top.device)
+        if len(bank) == 0:
+            pix_feat = self._no_memory_features(feats, vpos, feat_sizes)
+        else:
+            adj_mean = state["adj_sum"] / max(state["adj_count"], 1)
+            pix_feat, mem_slices = self._condition_on_memory(
+                t, n, feats, vpos, feat_sizes[-1], bank, desc, positions, adj_mean
+            )
+
+        high_res = [
+            x.permute(1, 2, 0).reshape(bsz, x.shape[-1], *s) for x, s in zip(feats[:-1], feat_sizes[:-1])
+        ]
+        n_pts = 0 if point_inputs is None else int((point_inputs["point_labels"] >= 0).sum(1).max())
+        multimask = self.multimask_output
+        if multimask is None:
+            multimask = (
+                self.multimask_output_in_sam
+                and (t == 0 or self.multimask_output_for_tracking)
+                and self.multimask_min_pt_num <= n_pts <= self.multimask_max_pt_num
+            )
+        _, _, ious, _, high_res_masks, obj_ptr, obj_logits = self._forward_sam_heads(
+            backbone_features=pix_feat,
+            point_inputs=point_inputs,
+            mask_inputs=None,
+            high_res_features=high_res if self.use_high_res_features_in_sam else None,
+            multimask_output=multimask,
+        )
+        best_iou = ious.max(dim=-1).values.float()
+        obj_logit = obj_logits[:, 0].float()
+
+        if t < n - 1 and self.num_maskmem > 0:  # the last slice's memory would never be read
+            mem_feat, mem_pos = self._encode_new_memory(
+                current_vision_feats=feats,
+                feat_sizes=feat_sizes,
+                pred_masks_high_res=high_res_masks,
+                object_score_logits=obj_logits,
+                is_mask_from_pts=point_inputs is not None,
+            )
+            conf = torch.sigmoid(obj_logit) * best_iou.clamp(0.0, 1.0)
+            is_cond = (
+                torch.zeros(bsz, dtype=torch.bool, device=top.device)
+                if point_inputs is None
+                else (point_inputs["point_labels"] >= 0).any(dim=1)
+            )
+            bank.add(
+                MemoryEntry(
+                    index=t,
+                    features=mem_feat.flatten(2).transpose(1, 2),
+                    pos_enc=mem_pos[-1].flatten(2).transpose(1, 2),
+                    obj_ptr=obj_ptr,
+                    descriptor=desc,
+                    confidence=conf.detach(),
+                    position=positions[:, t],
+                    is_cond=is_cond,
+                )
+            )
+        out = {"logits": high_res_masks, "obj": obj_logit, "iou": best_iou}
+        if return_aux:
+            out.update(desc=desc, feat=top, mem=mem_slices)
+        return out
+
+    def _no_memory_features(
+        self, feats: list[Tensor], vpos: list[Tensor], feat_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """First slice: SAM2's no-memory path (``directly_add_no_mem_embed`` or a dummy memory token)."""
+        bsz, c = feats[-1].shape[1], self.hidden_dim
+        hf, wf = feat_sizes[-1]
+        if self.directly_add_no_mem_embed:
+            x = feats[-1] + self.no_mem_embed
+        else:
+            x = self.memory_attention(
+                curr=feats[-1:],
+                curr_pos=vpos[-1:],
+                memory=self.no_mem_embed.expand(1, bsz, self.mem_dim),
+                memory_pos=self.no_mem_pos_enc.expand(1, bsz, self.mem_dim),
+                num_obj_ptr_tokens=0,
+            )
+        return x.permute(1, 2, 0).reshape(bsz, c, hf, wf)
+
+    # ------------------------------------------------------------------ memory
+    def _condition_on_memory(
+        self,
+        t: int,
+        n: int,
+        feats: list[Tensor],
+        vpos: list[Tensor],
+        feat_size: tuple[int, int],
+        bank: MemoryBank,
+        desc: Tensor,
+        positions: Tensor,
+        adj_mean: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Cross-attend the current slice to the selected memory slices; returns (features, slice indices)."""
+        bsz, c = feats[-1].shape[1], self.hidden_dim
+        hw = feats[-1].shape[0]
+        slice_idx = bank.indices  # [P]
+        is_cond = bank.stack("is_cond")  # [B, P]
+        key_desc = bank.stack("descriptor")
+        recency = slice_idx.float().expand(bsz, -1)
+        if self.memory_selection == "topk":
+            sel = select_memory(
+                adaptive_memory_scores(desc, key_desc, bank.stack("confidence")), is_cond, self.memory_k
+            )
+        else:
+            sel = select_memory(recency, is_cond, self.num_maskmem - 1)
+        sel_slices = slice_idx[sel]  # [B, M]
+        sel_cond = gather_entries(is_cond, sel)
+
+        # spatial memories + SAM2's temporal slot encoding (cond slices: slot of t_pos = 0)
+        mem = gather_entries(bank.stack("features"), sel)  # [B, M, HW, Cm]
+        gap = (t - sel_slices).clamp(1, self.num_maskmem - 1)
+        slot = torch.where(sel_cond, torch.full_like(gap, self.num_maskmem - 1), gap - 1)
+        mem_pos = gather_entries(bank.stack("pos_enc"), sel) + self.maskmem_tpos_enc[slot].squeeze(2)
+        tokens, tokens_pos = [mem.flatten(1, 2)], [mem_pos.flatten(1, 2)]
+        per_slice = [hw] * sel.shape[1]
+        weighted_slices = [sel]
+
+        num_ptr_tokens = 0
+        if self.use_obj_ptrs_in_encoder:
+            max_ptrs = min(n, self.max_obj_ptrs_in_encoder)
+            psel = (
+                sel
+                if self.memory_selection == "topk"
+                else select_memory(recency, is_cond, max(max_ptrs - 1, 1))
+            )
+            ptrs = gather_entries(bank.stack("obj_ptr"), psel)  # [B, Mp, C]
+            if self.add_tpos_enc_to_obj_ptrs:
+                ptr_gap = (t - slice_idx[psel]).float() / max(max_ptrs - 1, 1)
+                dim = c if self.proj_tpos_enc_in_obj_ptrs else self.mem_dim
+                ptr_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(ptr_gap, dim=dim))
+            else:
+                ptr_pos = ptrs.new_zeros(bsz, psel.shape[1], self.mem_dim)
+            split = c // self.mem_dim  # a C-dim pointer becomes `split` tokens of mem_dim
+            tokens.append(ptrs.reshape(bsz, -1, self.mem_dim))
+            tokens_pos.append(ptr_pos.repeat_interleave(split, dim=1))
+            num_ptr_tokens = psel.shape[1] * split
+            per_slice += [split] * psel.shape[1]
+            weighted_slices.append(psel)
+
+        memory = torch.cat(tokens, dim=1).transpose(0, 1)  # [Nk, B, Cm]
+        memory_pos = torch.cat(tokens_pos, dim=1).transpose(0, 1)
+        with ExitStack() as stack:
+            if self.distance_mode != "none":
+                cand = torch.cat(weighted_slices, dim=1)  # [B, M + Mp] bank positions
+                dist = self._distances(cand, bank, desc, key_desc, positions[:, t], adj_mean)
+                repeats = torch.tensor(per_slice, device=dist.device)
+                dist = dist.repeat_interleave(repeats, dim=1)  # per key token
+                if self.distance_mode == "multiplicative":
+                    weighting = {"scale": self.distance_kernel.phi(dist)}
+                else:
+                    weighting = {"bias": self.distance_kernel.bias(dist)}
+                for layer in self.memory_attention.layers:
+                    stack.enter_context(layer.cross_attn_image.key_weighting(**weighting))
+            pix = self.memory_attention(
+                curr=feats[-1:],
+                curr_pos=vpos[-1:],
+                memory=memory,
+                memory_pos=memory_pos,
+                num_obj_ptr_tokens=num_ptr_tokens,
+            )
+        return pix.permute(1, 2, 0).reshape(bsz, c, *feat_size), sel_slices
+
+    def _distances(
+        self,
+        cand: Tensor,
+        bank: MemoryBank,
+        desc: Tensor,
+        key_desc: Tensor,
+        query_pos: Tensor,
+        adj_mean: Tensor,
+    ) -> Tensor:
+        """``[B, M]`` distances (units) to bank entries ``cand``: measured, else estimated from features."""
+        measured = pairwise_distances(
+            query_pos, gather_entries(bank.stack("position"), cand), self.distance_unit_um
+        )
+        missing = torch.isnan(measured)
+        if not bool(missing.any()):
+            return measured
+        estimated = estimate_distances_from_features(desc, gather_entries(key_desc, cand), adj_mean)
+        return torch.where(missing, estimated, measured)
+
+    # ------------------------------------------------------------------ input checking
+    @staticmethod
+    def _as_sequence(images: Tensor) -> tuple[Tensor, bool]:
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.ndim == 4:
+            images = images.unsqueeze(2)
+            squeeze = True
+        elif images.ndim == 5:
+            squeeze = False
+        else:
+            raise ValueError(
+                f"images must be [B, 3, N, H, W] or [B, 3, H, W], got shape {tuple(images.shape)}"
+            )
+        if images.shape[1] != 3:
+            raise ValueError(f"images must have 3 (RGB) channels in dim 1, got shape {tuple(images.shape)}")
+        if images.shape[2] < 1:
+            raise ValueError("images hold an empty sequence (N = 0)")
+        return images.float() if not images.is_floating_point() else images, squeeze
+
+    @staticmethod
+    def _as_positions(positions: Tensor | None, bsz: int, n: int, device: torch.device) -> Tensor:
+        if positions is None:
+            return torch.full((bsz, n, 1), float("nan"), device=device)
+        pos = torch.as_tensor(positions, device=device).float()
+        if pos.ndim == 2:
+            pos = pos.unsqueeze(-1)
+        if pos.ndim != 3 or pos.shape[:2] != (bsz, n) or pos.shape[2] not in (1, 2, 3):
+            raise ValueError(
+                f"positions must be [B, N] or [B, N, 1|2|3] with B={bsz}, N={n}; got {tuple(pos.shape)}"
+            )
+        return pos
+
+    def _as_prompts(
+        self, prompts: dict[str, Tensor] | None, bsz: int, n: int, h: int, w: int, device: torch.device
+    ) -> list[dict[str, Tensor] | None]:
+        """Per-slice SAM2 ``point_inputs`` (boxes become two points with labels 2, 3) or None."""
+        if not prompts:
+            return [None] * n
+        unknown = set(prompts) - {"point_coords", "point_labels", "boxes"}
+        if unknown:
+            raise ValueError(
+                f"prompts has unknown keys {sorted(unknown)}; expected point_coords, point_labels, boxes"
+            )
+        coords, labels = [], []
+        if prompts.get("boxes") is not None:
+            boxes = torch.as_tensor(prompts["boxes"], device=device).float()
+            if boxes.shape != (bsz, n, 4):
+                raise ValueError(
+                    f"prompts['boxes'] must be [B, N, 4] = {(bsz, n, 4)}, got {tuple(boxes.shape)}"
+                )
+            valid = torch.isfinite(boxes).all(-1, keepdim=True)  # [B, N, 1]
+            coords.append(torch.nan_to_num(boxes).reshape(bsz, n, 2, 2))
+            box_labels = torch.tensor([2, 3], device=device).expand(bsz, n, 2)
+            labels.append(torch.where(valid, box_labels, -1))
+        if prompts.get("point_coords") is not None or prompts.get("point_labels") is not None:
+            pc = torch.as_tensor(prompts.get("point_coords"), device=device).float()
+            pl = torch.as_tensor(prompts.get("point_labels"), device=device).long()
+            if pc.ndim != 4 or pc.shape[:2] != (bsz, n) or pc.shape[-1] != 2 or pl.shape != pc.shape[:3]:
+                raise ValueError(
+                    "prompts['point_coords'] must be [B, N, P, 2] and prompts['point_labels'] [B, N, P] "
+                    f"with B={bsz}, N={n}; got {tuple(pc.shape)} and {tuple(pl.shape)}"
+                )
+            coords.append(pc)
+            labels.append(pl)
+        if not coords:
+            return [None] * n
+        coords_all = torch.cat(coords, dim=2)
+        labels_all = torch.cat(labels, dim=2).to(torch.int32)
+        # SAM2 takes coordinates in pixels of the image_size x image_size model input
+        scale = torch.tensor([self.image_size / w, self.image_size / h], device=device)
+        coords_all = coords_all * scale
+        out: list[dict[str, Tensor] | None] = []
+        for t in range(n):
+            lab = labels_all[:, t]
+            out.append(
+                None
+                if not bool((lab >= 0).any())
+                else {"point_coords": coords_all[:, t], "point_labels": lab}
+            )
+        return out
