@@ -157,20 +157,27 @@ def build_pathseqsam(
         The network, in train mode, with ``requires_grad`` set as described.
     """
     cfg = _compose(model, sam2_hydra_overrides(model, image_size))
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    net: PathSeqSAM = instantiate(
-        cfg.model,
-        _recursive_=True,
-        memory_k=memory_k,
-        memory_selection=memory_selection,
-        memory_pool_size=memory_pool_size,
-        distance_mode=distance_mode,
-        distance_unit_um=distance_unit_um,
-        distance_lambda_init=distance_lambda_init,
-        multimask_output=multimask_output,
-        encoder_chunk=encoder_chunk,
-    )
+    try:
+        net: PathSeqSAM = instantiate(
+            cfg.model,
+            _recursive_=True,
+            memory_k=memory_k,
+            memory_selection=memory_selection,
+            memory_pool_size=memory_pool_size,
+            distance_mode=distance_mode,
+            distance_unit_um=distance_unit_um,
+            distance_lambda_init=distance_lambda_init,
+            multimask_output=multimask_output,
+            encoder_chunk=encoder_chunk,
+        )
+    except InstantiationException as err:
+        # Hydra wraps our own argument errors; surface them as they were raised
+        if isinstance(err.__cause__, (ValueError, TypeError)):
+            raise err.__cause__ from None
+        raise
     if checkpoint is not None:
         load_sam2_checkpoint(net, checkpoint)
         logger.info("loaded SAM2 weights from %s", checkpoint)

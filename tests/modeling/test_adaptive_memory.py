@@ -1,0 +1,116 @@
+"""Eq. 2: top-K memory by cos(F_j, F_t) * Conf(y_j), prompted slices kept, bounded bank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pathseqsam.modeling.adaptive_memory import MemoryBank, MemoryEntry, adaptive_memory_scores, select_memory
+
+
+def test_select_memory_on_constructed_scores():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.2], [0.8, 0.1, 0.6, 0.3, 0.9]])
+    none = torch.zeros(2, 5, dtype=torch.bool)
+    assert select_memory(scores, none, k=2).tolist() == [[1, 3], [0, 4]]
+    assert select_memory(scores, none, k=9).tolist() == [[0, 1, 2, 3, 4]] * 2
+    # a prompted slice is always kept, whatever its score; element 1 has none, so it gets its next best
+    cond = torch.tensor([[True, False, False, False, False], [False] * 5])
+    assert select_memory(scores, cond, k=2).tolist() == [[0, 1, 3], [0, 2, 4]]
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        select_memory(scores, none, k=0)
+
+
+def test_adaptive_scores_are_cosine_times_confidence():
+    g = torch.Generator().manual_seed(0)
+    query, keys = torch.randn(2, 6, generator=g), torch.randn(2, 4, 6, generator=g)
+    conf = torch.rand(2, 4, generator=g)
+    got = adaptive_memory_scores(query, keys, conf).numpy()
+    q, k, c = query.numpy(), keys.numpy(), conf.numpy()
+    cos = np.einsum("bpc,bc->bp", k, q) / (np.linalg.norm(k, axis=-1) * np.linalg.norm(q, axis=-1)[:, None])
+    np.testing.assert_allclose(got, cos * c, rtol=1e-5)
+    # a low-confidence twin loses to a less similar but confident slice
+    twin = query[:1, None, :].repeat(1, 2, 1) + torch.tensor([[[0.0] * 6, [0.5] * 6]])
+    s = adaptive_memory_scores(query[:1], twin, torch.tensor([[0.1, 0.9]]))
+    assert select_memory(s, torch.zeros(1, 2, dtype=torch.bool), k=1).item() == 1
+
+
+def _entry(i: int, cond: bool = False) -> MemoryEntry:
+    z = torch.zeros(1, 1)
+    return MemoryEntry(i, z, z, z, z, torch.zeros(1), z, torch.tensor([cond]))
+
+
+def test_bank_is_bounded_and_keeps_prompted_slices():
+    bank = MemoryBank(pool_size=4)
+    bank.add(_entry(0, cond=True))
+    for i in range(1, 30):
+        bank.add(_entry(i))
+    assert [e.index for e in bank.entries] == [0, 26, 27, 28, 29]
+    assert bank.indices.tolist() == [0, 26, 27, 28, 29]
+    with pytest.raises(ValueError, match="pool_size must be >= 1"):
+        MemoryBank(0)
+
+
+def _expected_topk(out, k: int) -> list[list[list[int]]]:
+    """Eq. 2 recomputed from the network's own descriptors and heads (numpy, independent of the model)."""
+    desc = out["descriptors"].numpy()
+    conf = (1 / (1 + np.exp(-out["object_score_logits"].numpy()))) * np.clip(
+        out["iou_predictions"].numpy(), 0, 1
+    )
+    b, n, _ = desc.shape
+    result = []
+    for bi in range(b):
+        rows = []
+        for t in range(n):
+            cand = list(range(t))
+            cos = [
+                float(desc[bi, j] @ desc[bi, t] / np.linalg.norm(desc[bi, j]) / np.linalg.norm(desc[bi, t]))
+                for j in cand
+            ]
+            score = [cos[j] * conf[bi, j] for j in cand]
+            rows.append(sorted(np.argsort(score)[::-1][:k].tolist()))
+        result.append(rows)
+    return result
+
+
+def test_network_topk_memory_matches_eq2(make_tiny):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 3, 1, 128, 128, generator=g)
+    # slices that resemble each other to different degrees, so the ranking is not trivial
+    seq = torch.cat(
+        [base + s * torch.randn(1, 3, 1, 128, 128, generator=g) for s in (0.0, 2.0, 0.3, 3.0, 0.5, 1.0, 0.1)],
+        2,
+    )
+    net = make_tiny(memory_k=2).eval()
+    with torch.no_grad():
+        out = net(seq, return_aux=True)
+    got = [[[j for j in row if j >= 0] for row in el] for el in out["memory_indices"].tolist()]
+    assert got == _expected_topk(out, k=2)
+    assert got[0][6] != [4, 5]  # not simply the last two
+
+
+def test_network_last_mode_is_sam2_last_frames(make_tiny):
+    g = torch.Generator().manual_seed(2)
+    seq = torch.randn(1, 3, 9, 128, 128, generator=g)
+    net = make_tiny(memory_selection="last").eval()
+    with torch.no_grad():
+        mem = net(seq, return_aux=True)["memory_indices"][0]
+    for t in range(9):
+        expected = list(range(max(0, t - 6), t))  # SAM2: num_maskmem - 1 = 6 previous frames
+        assert [j for j in mem[t].tolist() if j >= 0] == expected
+
+
+def test_prompted_slice_always_in_memory(make_tiny):
+    g = torch.Generator().manual_seed(4)
+    seq = torch.randn(1, 3, 6, 128, 128, generator=g)
+    boxes = torch.full((1, 6, 4), float("nan"))
+    boxes[0, 1] = torch.tensor([20.0, 30.0, 90.0, 100.0])
+    net = make_tiny(memory_k=1).eval()
+    with torch.no_grad():
+        prompted = net(seq, prompts={"boxes": boxes}, return_aux=True)
+        plain = net(seq, return_aux=True)
+    mem = prompted["memory_indices"][0]
+    for t in range(2, 6):
+        assert 1 in mem[t].tolist(), (t, mem[t])
+    # the prompt changes what SAM2 predicts on the prompted slice
+    assert not torch.equal(prompted["iou_predictions"][:, 1], plain["iou_predictions"][:, 1])
