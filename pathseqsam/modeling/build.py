@@ -124,7 +124,7 @@ def build_pathseqsam(
     multimask_output: bool | None = None,
     train_image_encoder: bool = False,
     frozen: Iterable[str] = (),
-    encoder_chunk: int = 8,
+    encoder_chunk: int = 1,
     device: str | torch.device | None = None,
 ) -> PathSeqSAM:
     """Build a PathSeqSAM network.

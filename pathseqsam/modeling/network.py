@@ -17,6 +17,7 @@ Build it with :func:`pathseqsam.build_pathseqsam`, which composes SAM2's own Hyd
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -59,7 +60,8 @@ class PathSeqSAM(SAM2Base):
             the typical spacing of consecutive slices (see ``estimate_distances_from_features``).
         distance_lambda_init: initial lambda (paper: 0.1).
         multimask_output: force SAM2's 3-mask output on (True) or off (False); None keeps SAM2's rule.
-        encoder_chunk: slices encoded per image-encoder call (bounds activation memory in inference).
+        encoder_chunk: slices per image-encoder call; 1 keeps inference memory flat in N, larger
+            batches the encoder (faster training on a GPU).
         **kwargs: further SAM2Base keyword arguments.
     """
 
@@ -73,7 +75,7 @@ class PathSeqSAM(SAM2Base):
         distance_unit_um: float = 4.0,
         distance_lambda_init: float = 0.1,
         multimask_output: bool | None = None,
-        encoder_chunk: int = 8,
+        encoder_chunk: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -143,17 +145,51 @@ class PathSeqSAM(SAM2Base):
             ``[B, N, M]`` (slice indices each slice attended to, -1 padded).
         """
         images, squeeze = self._as_sequence(images)
+        steps = list(self.iter_slices(images, positions, prompts, return_aux))
+        logits = torch.stack([st["logits"] for st in steps], dim=2)  # [B, 1, N, H, W]
+        if squeeze:  # [B, 3, H, W] in -> [B, 1, H, W] out
+            logits = logits[:, :, 0]
+        if not return_aux:
+            return logits
+        bsz, n = images.shape[0], images.shape[2]
+        width = max(st["memory_indices"].shape[1] for st in steps)
+        mem_idx = torch.full((bsz, n, width), -1, dtype=torch.long, device=images.device)
+        for t, st in enumerate(steps):
+            mem_idx[:, t, : st["memory_indices"].shape[1]] = st["memory_indices"]
+        out = {key: torch.stack([st[key] for st in steps], dim=1) for key in self._AUX_KEYS}
+        return {"logits": logits, **out, "memory_indices": mem_idx}
+
+    _AUX_KEYS = ("object_score_logits", "iou_predictions", "descriptors", "image_features")
+
+    def iter_slices(
+        self,
+        images: Tensor,
+        positions: Tensor | None = None,
+        prompts: dict[str, Tensor] | None = None,
+        return_aux: bool = False,
+    ) -> Iterator[dict[str, Tensor]]:
+        """Segment a sequence slice by slice, yielding each slice's result as soon as it is ready.
+
+        Same arguments as :meth:`forward`. Memory held between slices is bounded (the memory bank
+        and one encoder chunk), so a caller that writes each slice out segments sequences of any
+        length in constant memory; :meth:`forward` stacks these results.
+
+        Yields:
+            Per slice ``t``: ``logits`` ``[B, 1, H, W]``, ``object_score_logits`` and
+            ``iou_predictions`` ``[B]``; with ``return_aux`` also ``descriptors`` ``[B, C]``,
+            ``image_features`` ``[B, C, h, w]`` and ``memory_indices`` ``[B, M]``.
+        """
+        images, _ = self._as_sequence(images)
         bsz, _, n, h, w = images.shape
         pos = self._as_positions(positions, bsz, n, images.device)
         slice_prompts = self._as_prompts(prompts, bsz, n, h, w, images.device)
-
         bank = MemoryBank(self.memory_pool_size)
         state = {"adj_sum": images.new_zeros(bsz), "adj_count": 0, "prev_desc": None}
-        outs: dict[str, list[Tensor]] = {k: [] for k in ("logits", "obj", "iou", "desc", "feat", "mem")}
+        resize = (h, w) != (self.image_size, self.image_size)
         for c0 in range(0, n, self.encoder_chunk):
             c1 = min(n, c0 + self.encoder_chunk)
             chunk = images[:, :, c0:c1].transpose(1, 2).reshape(bsz * (c1 - c0), 3, h, w)
-            if (h, w) != (self.image_size, self.image_size):
+            if resize:
                 chunk = F.interpolate(
                     chunk, size=(self.image_size,) * 2, mode="bilinear", align_corners=False
                 )
@@ -174,30 +210,12 @@ class PathSeqSAM(SAM2Base):
                     state,
                     return_aux,
                 )
-                for key, value in step.items():
-                    outs[key].append(value)
-
-        logits = torch.stack(outs["logits"], dim=2)  # [B, 1, N, S, S]
-        if (h, w) != (self.image_size, self.image_size):
-            logits = F.interpolate(logits.flatten(1, 2), size=(h, w), mode="bilinear", align_corners=False)
-            logits = logits.unflatten(1, (1, n))
-        if squeeze:  # [B, 3, H, W] in -> [B, 1, H, W] out
-            logits = logits[:, :, 0]
-        if not return_aux:
-            return logits
-        mem = outs["mem"]
-        width = max((m.shape[1] for m in mem), default=0)
-        mem_idx = torch.full((bsz, n, width), -1, dtype=torch.long, device=images.device)
-        for t, m in enumerate(mem):
-            mem_idx[:, t, : m.shape[1]] = m
-        return {
-            "logits": logits,
-            "object_score_logits": torch.stack(outs["obj"], dim=1),
-            "iou_predictions": torch.stack(outs["iou"], dim=1),
-            "descriptors": torch.stack(outs["desc"], dim=1),
-            "image_features": torch.stack(outs["feat"], dim=1),
-            "memory_indices": mem_idx,
-        }
+                if resize:
+                    step["logits"] = F.interpolate(
+                        step["logits"], size=(h, w), mode="bilinear", align_corners=False
+                    )
+                yield step
+            del feats, vpos
 
     # ------------------------------------------------------------------ one slice
     def _segment_slice(
@@ -278,9 +296,9 @@ class PathSeqSAM(SAM2Base):
                     is_cond=is_cond,
                 )
             )
-        out = {"logits": high_res_masks, "obj": obj_logit, "iou": best_iou}
+        out = {"logits": high_res_masks, "object_score_logits": obj_logit, "iou_predictions": best_iou}
         if return_aux:
-            out.update(desc=desc, feat=top, mem=mem_slices)
+            out.update(descriptors=desc, image_features=top, memory_indices=mem_slices)
         return out
 
     def _no_memory_features(

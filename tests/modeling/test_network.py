@@ -115,3 +115,15 @@ def test_bf16_autocast_on_cpu(make_tiny, images):
         out = net(images, positions=torch.tensor([[0.0, 4.0, 8.0, 12.0]] * 2), return_aux=True)
     assert out["logits"].dtype == torch.float32
     assert torch.isfinite(out["iou_predictions"]).all()
+
+
+def test_streaming_and_chunked_encoding_match_forward(make_tiny, images):
+    net = make_tiny().eval()
+    positions = torch.tensor([[0.0, 4.0, 8.0, 12.0]] * 2)
+    with torch.no_grad():
+        full = net(images, positions=positions)
+        streamed = torch.stack([s["logits"] for s in net.iter_slices(images, positions=positions)], dim=2)
+        net.encoder_chunk = 3  # batches slices through the encoder: same numbers
+        chunked = net(images, positions=positions)
+    assert torch.equal(full, streamed)
+    assert (full - chunked).abs().max().item() < 1e-3
