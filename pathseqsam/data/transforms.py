@@ -1,0 +1,625 @@
+"""MONAI dictionary transforms for slice sequences (``[C, N, H, W]``: channels, slices, height, width).
+
+A datalist item (see :mod:`pathseqsam.data.datalist`) goes through, typically::
+
+    RandSequenceWindowd   pick T consecutive slices BEFORE decoding (long KPIs cases stay cheap)
+    LoadSequenced         decode -> image [3, N, H, W] in [0, 1], label [1, N, H, W] in {0, 1},
+                          positions [N, D] (um), slice_names, slice_index, original_size
+    RandSequenceSpatiald  ONE flip/rot90/affine for every slice of the sequence (image and label)
+    RandSliceStainJitterd per-slice H&E/PAS stain (HED-space), brightness and contrast jitter
+    NormalizeSAM2d        (x - SAM2_PIXEL_MEAN) / SAM2_PIXEL_STD
+
+:func:`sequence_transforms` returns that chain as a ``monai.transforms.Compose``; every class can also
+be named in a bundle config as ``"_target_": "pathseqsam.data.transforms.LoadSequenced"`` etc.
+
+Positions are left untouched by the spatial augmentation: a flip or rotation of every patch about its
+own centre keeps all patch-to-patch distances, which is what the network uses. They are sliced with
+the sequence by the window and batch with MONAI's ``list_data_collate`` to ``[B, N, D]`` (sequences in
+one batch must have the same N and D; windows give that).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import Compose, MapTransform, Randomizable
+
+from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
+from pathseqsam.data.datalist import validate_positions
+from pathseqsam.data.errors import SequenceDataError
+from pathseqsam.data.image_io import read_slice, to_binary_mask, to_rgb_float
+from pathseqsam.data.stacks import probe_stack, read_stack_slices
+
+__all__ = [
+    "SEQUENCE_KEYS",
+    "LoadSequenced",
+    "NormalizeSAM2d",
+    "RandSequenceSpatiald",
+    "RandSequenceWindowd",
+    "RandSliceStainJitterd",
+    "ResizeSequenced",
+    "resize_sequence_image",
+    "resize_sequence_mask",
+    "sequence_transforms",
+]
+
+# Keys holding one entry per slice (first axis), sliced together with the images by windows.
+SEQUENCE_KEYS = ("positions_um", "positions", "degraded", "slice_index", "slice_names", "original_size")
+
+# Stain matrix of Ruifrok & Johnston (rows: haematoxylin, eosin, DAB optical densities), as used by
+# skimage.color.rgb2hed. For PAS the second stain is magenta rather than eosin; the jitter only needs
+# a plausible, invertible basis in which to scale stain amounts.
+_RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
+)
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+def _size2(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    if len(size) != 2:
+        raise ValueError(f"spatial_size must be an int or (height, width), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def resize_sequence_image(image: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Resize ``[C, N, H, W]`` images with antialiased bilinear interpolation (no-op if already sized).
+
+    Args:
+        image: float tensor ``[C, N, H, W]``.
+        size: target ``H = W`` or ``(H, W)``.
+
+    Returns:
+        float tensor ``[C, N, h, w]``.
+    """
+    h, w = _size2(size)
+    if tuple(image.shape[-2:]) == (h, w):
+        return image
+    x = image.permute(1, 0, 2, 3).float()
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp_(0.0, 1.0).permute(1, 0, 2, 3).contiguous()
+
+
+def resize_sequence_mask(mask: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Resize ``[C, N, H, W]`` binary masks and keep them binary.
+
+    Shrinking averages each output pixel's footprint and keeps it when at least half is foreground
+    (fairer to thin structures and less aliased than nearest); enlarging uses nearest.
+
+    Args:
+        mask: tensor ``[C, N, H, W]`` with values in {0, 1}.
+        size: target ``H = W`` or ``(H, W)``.
+
+    Returns:
+        float tensor ``[C, N, h, w]`` in {0, 1}.
+    """
+    h, w = _size2(size)
+    if tuple(mask.shape[-2:]) == (h, w):
+        return mask.float()
+    x = mask.permute(1, 0, 2, 3).float()
+    if h <= x.shape[-2] and w <= x.shape[-1]:
+        x = (F.adaptive_avg_pool2d(x, (h, w)) >= 0.5).float()
+    else:
+        x = F.interpolate(x, size=(h, w), mode="nearest")
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+def _sequence_length(d: Mapping[Hashable, Any], keys: Sequence[Hashable], z_spacing_um: float | None) -> int:
+    for key in keys:
+        value = d.get(key)
+        if isinstance(value, (list, tuple)):
+            return len(value)
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            return int(value.shape[1])
+    for key in ("slice_index", "positions_um", "positions"):
+        if key in d:
+            return len(d[key])
+    for key in keys:
+        if isinstance(d.get(key), (str, Path)):
+            return probe_stack(
+                d[key], z_spacing_um=z_spacing_um if z_spacing_um is not None else 1.0
+            ).n_slices
+    raise SequenceDataError(f"cannot tell the sequence length: none of {list(keys)} holds slices or a stack")
+
+
+def _take(value: Any, idx: np.ndarray, channel_first: bool) -> Any:
+    if isinstance(value, torch.Tensor):
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return value.index_select(1 if channel_first else 0, index)
+    if isinstance(value, np.ndarray):
+        return np.take(value, idx, axis=1 if channel_first else 0)
+    if isinstance(value, (list, tuple)):
+        return [value[i] for i in idx]
+    return value
+
+
+class RandSequenceWindowd(Randomizable, MapTransform):
+    """Keep a random window of ``window`` ordered slices (optionally every ``stride``-th slice).
+
+    Works before loading (lists of paths, ``positions_um``; for a stack path the chosen slices go to
+    ``slice_index`` and :class:`LoadSequenced` decodes only those) and after loading (``[C, N, H, W]``
+    tensors and the per-slice keys in :data:`SEQUENCE_KEYS`). Order is kept, so is every slice's
+    position. A sequence shorter than the window is kept whole (with a warning): batch such
+    sequences with ``batch_size=1``.
+
+    Args:
+        keys: image-like keys (path lists, stack paths or ``[C, N, H, W]`` arrays).
+        window: number of slices T.
+        max_stride: the stride is drawn from ``1..max_stride`` (capped so the window fits); >1 shows
+            the model larger gaps between slices.
+        sequence_keys: per-slice keys sliced along their first axis.
+        z_spacing_um: passed to the stack probe when a stack's length must be read from its header.
+        allow_missing_keys: don't raise when a key is absent (e.g. no label at inference).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        window: int = 8,
+        max_stride: int = 1,
+        sequence_keys: Sequence[str] = SEQUENCE_KEYS,
+        z_spacing_um: float | None = None,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if window < 1 or max_stride < 1:
+            raise ValueError(f"window and max_stride must be >= 1, got {window} and {max_stride}")
+        self.window = int(window)
+        self.max_stride = int(max_stride)
+        self.sequence_keys = tuple(sequence_keys)
+        self.z_spacing_um = z_spacing_um
+        self._start = 0
+        self._stride = 1
+
+    def randomize(self, n: int) -> None:
+        """Draw the stride and the start for a sequence of ``n`` slices."""
+        fit = max(1, (n - 1) // max(1, self.window - 1)) if self.window > 1 else self.max_stride
+        self._stride = int(self.R.randint(1, min(self.max_stride, fit) + 1))
+        span = (self.window - 1) * self._stride + 1
+        self._start = int(self.R.randint(0, n - span + 1))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        n = _sequence_length(d, self.keys, self.z_spacing_um)
+        if n <= self.window:
+            if n < self.window:
+                warnings.warn(
+                    f"case {d.get('case')!r}: {n} slices, fewer than the window ({self.window}); keeping all",
+                    stacklevel=2,
+                )
+            self.randomize(max(n, self.window))  # keep the random stream in step
+            return d
+        self.randomize(n)
+        idx = np.arange(self._start, self._start + self.window * self._stride, self._stride)
+        base = np.asarray(d["slice_index"]) if "slice_index" in d else np.arange(n)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if isinstance(value, (str, Path)):
+                continue  # a stack: slice_index below tells the loader which slices to decode
+            d[key] = _take(value, idx, channel_first=isinstance(value, (torch.Tensor, np.ndarray)))
+        for key in self.sequence_keys:
+            if key in d and key != "slice_index":
+                d[key] = _take(d[key], idx, channel_first=False)
+        picked = base[idx]
+        d["slice_index"] = (
+            torch.as_tensor(picked, dtype=torch.long)
+            if isinstance(d.get("slice_index"), torch.Tensor)
+            else picked.tolist()
+        )
+        return d
+
+
+class LoadSequenced(MapTransform):
+    """Decode a sequence into ``image [3, N, H, W]`` (RGB in [0, 1]) and ``label [1, N, H, W]`` ({0, 1}).
+
+    ``keys[0]`` is the image key; any further keys are masks. Each value is a list of slice files or
+    one stack file. Grayscale, RGBA and 16-bit inputs are converted and masks binarised as described in
+    :mod:`pathseqsam.data.image_io`. With ``spatial_size`` every slice is resized right after decoding
+    (JPEGs are decoded at a reduced scale when possible), so a long case of 2048 px patches never sits
+    in memory at full size.
+
+    Adds ``positions`` (float32 ``[N, D]`` um, from ``positions_um``, else from the stack header, else
+    NaN ``[N, 1]``), ``slice_names`` (file names, or ``<stack>_z0007``), ``slice_index`` (int64 ``[N]``
+    index of each slice in the full sequence), ``original_size`` (int64 ``[N, 2]`` height, width) and
+    turns ``degraded`` into an int64 tensor ``[N]``. ``positions_um`` is removed (``positions`` replaces
+    it). Images and labels are plain ``torch.Tensor`` (no MetaTensor), metadata live in those keys.
+
+    Args:
+        keys: image key first, then mask keys.
+        spatial_size: resize every slice to this ``H = W`` or ``(H, W)``; None keeps the native size
+            (all slices must then be the same size).
+        mask_threshold: fraction of the mask range above which a pixel is foreground.
+        positions_key: datalist key with positions in um.
+        output_positions_key: key that receives the float32 tensor.
+        z_spacing_um: fallback z-spacing for stacks without spacing metadata.
+        assume_isotropic: TIFF stacks: take z-spacing from the in-plane resolution as a last resort.
+        allow_missing_keys: allow items without a label (inference).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        spatial_size: int | Sequence[int] | None = None,
+        mask_threshold: float = 0.5,
+        positions_key: str = "positions_um",
+        output_positions_key: str = "positions",
+        z_spacing_um: float | None = None,
+        assume_isotropic: bool = False,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = None if spatial_size is None else _size2(spatial_size)
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
+        self.mask_threshold = float(mask_threshold)
+        self.positions_key = positions_key
+        self.output_positions_key = output_positions_key
+        self.z_spacing_um = z_spacing_um
+        self.assume_isotropic = assume_isotropic
+
+    def _read(
+        self, value: Any, is_mask: bool, slice_index: list[int] | None, where: str
+    ) -> tuple[torch.Tensor, list[tuple[int, int]], list[str], list[str]]:
+        """Decode one key: returns ([C, N, H, W], original sizes, slice names, sources)."""
+        if isinstance(value, (str, Path)):
+            arr = read_stack_slices(value, slice_index)
+            stem = Path(value).name.split(".")[0]
+            index = slice_index if slice_index is not None else list(range(len(arr)))
+            slices = [(arr[k], (int(arr.shape[1]), int(arr.shape[2]))) for k in range(len(arr))]
+            names = [f"{stem}_z{i:04d}" for i in index]
+            sources = [f"{value}#{i}" for i in index]
+        elif isinstance(value, (list, tuple)) and value:
+            slices = [read_slice(p, self.spatial_size) for p in value]
+            names = [Path(p).name for p in value]
+            sources = [str(p) for p in value]
+        else:
+            raise SequenceDataError(
+                f"{where}: expected a stack path or a non-empty list of slice paths, got {value!r}"
+            )
+        out, sizes = [], []
+        for (arr, size), source in zip(slices, sources):
+            if is_mask:
+                t = torch.from_numpy(to_binary_mask(arr, self.mask_threshold, source).astype(np.float32))[
+                    None
+                ]
+            else:
+                t = torch.from_numpy(to_rgb_float(arr, source)).permute(2, 0, 1)
+            if self.spatial_size is not None:
+                t = t[:, None]
+                t = (
+                    resize_sequence_mask(t, self.spatial_size)
+                    if is_mask
+                    else resize_sequence_image(t, self.spatial_size)
+                )
+                t = t[:, 0]
+            elif out and t.shape[-2:] != out[0].shape[-2:]:
+                raise SequenceDataError(
+                    f"{source}: slice is {t.shape[-1]}x{t.shape[-2]} px but {sources[0]} is "
+                    f"{out[0].shape[-1]}x{out[0].shape[-2]} px; set spatial_size to resize slices of different sizes"
+                )
+            out.append(t)
+            sizes.append(size)
+        return torch.stack(out, dim=1).contiguous(), sizes, names, sources
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        where = f"case {d.get('case')!r}"
+        slice_index = d.get("slice_index")
+        if isinstance(slice_index, torch.Tensor):
+            slice_index = slice_index.tolist()
+        keys = list(self.key_iterator(d))
+        image_key = self.keys[0]
+        if image_key not in keys:
+            raise SequenceDataError(f"{where}: no {image_key!r} in the item (keys {sorted(map(str, d))})")
+        image_value = d[image_key]
+        image, sizes, names, sources = self._read(image_value, False, slice_index, where)
+        n = image.shape[1]
+        d[image_key] = image
+        for key in keys[1:]:
+            if d[key] is None:
+                del d[key]
+                continue
+            mask, mask_sizes, _, mask_sources = self._read(d[key], True, slice_index, where)
+            if mask.shape[1] != n:
+                raise SequenceDataError(f"{where}: {key!r} has {mask.shape[1]} slices, {image_key!r} has {n}")
+            for k in range(n):
+                if mask_sizes[k] != sizes[k]:
+                    (mh, mw), (ih, iw) = mask_sizes[k], sizes[k]
+                    raise SequenceDataError(
+                        f"{mask_sources[k]}: mask is {mw}x{mh} px but image {sources[k]} is {iw}x{ih} px; "
+                        "expected equal sizes"
+                    )
+            d[key] = mask
+
+        d["slice_names"] = names
+        d["slice_index"] = torch.as_tensor(
+            slice_index if slice_index is not None else range(n), dtype=torch.long
+        )
+        d["original_size"] = torch.as_tensor(sizes, dtype=torch.long)
+        d[self.output_positions_key] = self._positions(d, image_value, slice_index, n, names, where)
+        if "degraded" in d:
+            degraded = torch.as_tensor(np.asarray(d["degraded"]), dtype=torch.long)
+            if degraded.shape != (n,):
+                raise SequenceDataError(f"{where}: 'degraded' has {degraded.numel()} flags for {n} slices")
+            d["degraded"] = degraded
+        return d
+
+    def _positions(
+        self, d: dict, image_value: Any, slice_index: list[int] | None, n: int, names: list[str], where: str
+    ) -> torch.Tensor:
+        if d.get(self.positions_key) is not None:
+            arr = validate_positions(d.pop(self.positions_key), n, where, names)
+        elif isinstance(image_value, (str, Path)):
+            info = probe_stack(image_value, self.z_spacing_um, self.assume_isotropic)
+            z = np.asarray(info.z_positions_um, dtype=np.float64)
+            arr = (z if slice_index is None else z[np.asarray(slice_index, dtype=np.int64)])[:, None]
+        else:
+            d.pop(self.positions_key, None)
+            arr = np.full((n, 1), np.nan)  # unknown: the network falls back to index distances
+        return torch.as_tensor(arr, dtype=torch.float32)
+
+
+class ResizeSequenced(MapTransform):
+    """Resize loaded ``[C, N, H, W]`` tensors: the first key as image (antialiased bilinear), the
+    rest as binary masks (see :func:`resize_sequence_mask`).
+
+    Args:
+        keys: image key first, then mask keys.
+        spatial_size: ``H = W`` or ``(H, W)``.
+        allow_missing_keys: allow items without a label.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, spatial_size: int | Sequence[int], allow_missing_keys: bool = True
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = _size2(spatial_size)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            fn = resize_sequence_image if key == self.keys[0] else resize_sequence_mask
+            d[key] = fn(torch.as_tensor(d[key]), self.spatial_size)
+        return d
+
+
+class RandSequenceSpatiald(Randomizable, MapTransform):
+    """ONE random spatial transform applied to every slice of a sequence (and its masks).
+
+    Draws flips, a multiple of 90 degrees (square images only), a rotation, an isotropic scale and a
+    translation once per call, composes them into one affine and resamples every slice with it
+    (images bilinear, masks nearest, reflection padding for both so they stay aligned).
+
+    Args:
+        keys: image key first, then mask keys; tensors ``[C, N, H, W]``.
+        prob: probability of transforming at all.
+        flip: draw horizontal and vertical flips (p = 0.5 each).
+        rot90: draw a multiple of 90 degrees.
+        rotate_range: rotation drawn uniformly in ``[-rotate_range, rotate_range]`` radians.
+        scale_range: ``(low, high)`` isotropic zoom factors.
+        translate_range: shift drawn in ``[-t, t]`` times the image size, per axis.
+        allow_missing_keys: allow items without a label.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        prob: float = 1.0,
+        flip: bool = True,
+        rot90: bool = True,
+        rotate_range: float = math.pi / 12,
+        scale_range: tuple[float, float] = (0.9, 1.1),
+        translate_range: float = 0.05,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.prob = prob
+        self.flip = flip
+        self.rot90 = rot90
+        self.rotate_range = rotate_range
+        self.scale_range = tuple(scale_range)
+        self.translate_range = translate_range
+        self.matrix: np.ndarray | None = None  # last (output -> input) affine in pixel units, for tests
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw one transform: sets ``self._params``."""
+        self._do = self.R.rand() < self.prob
+        self._params = {
+            "flip_x": self.flip and self.R.rand() < 0.5,
+            "flip_y": self.flip and self.R.rand() < 0.5,
+            "k90": int(self.R.randint(0, 4)) if self.rot90 else 0,
+            "angle": float(self.R.uniform(-self.rotate_range, self.rotate_range)),
+            "scale": float(self.R.uniform(*self.scale_range)),
+            "shift": self.R.uniform(-self.translate_range, self.translate_range, size=2),
+        }
+
+    def _matrix(self, h: int, w: int) -> np.ndarray:
+        """3x3 map from output pixel offsets (from the centre, (x, y)) to input pixel offsets."""
+        p = self._params
+        k = p["k90"] if h == w else 0
+        angle = p["angle"] + k * math.pi / 2
+        c, s = math.cos(angle), math.sin(angle)
+        m = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) / p["scale"]
+        m[2, 2] = 1.0
+        m = m @ np.diag([-1.0 if p["flip_x"] else 1.0, -1.0 if p["flip_y"] else 1.0, 1.0])
+        m[0, 2] = p["shift"][0] * w
+        m[1, 2] = p["shift"][1] * h
+        return m
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do:
+            return d
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        h, w = (int(s) for s in torch.as_tensor(d[keys[0]]).shape[-2:])
+        m = self._matrix(h, w)
+        self.matrix = m
+        # affine_grid works in normalised coordinates ([-1, 1] across each axis): conjugate by the
+        # per-axis half sizes so rotations stay rotations on non-square images.
+        scale = np.diag([w / 2.0, h / 2.0, 1.0])
+        theta = torch.as_tensor((np.linalg.inv(scale) @ m @ scale)[:2], dtype=torch.float32)
+        for key in keys:
+            x = torch.as_tensor(d[key])
+            n = x.shape[1]
+            grid = F.affine_grid(theta.expand(n, 2, 3), [n, x.shape[0], h, w], align_corners=False)
+            is_image = key == self.keys[0]
+            y = F.grid_sample(
+                x.permute(1, 0, 2, 3).float(),
+                grid,
+                mode="bilinear" if is_image else "nearest",
+                padding_mode="reflection",
+                align_corners=False,
+            )
+            d[key] = y.permute(1, 0, 2, 3).contiguous()
+        return d
+
+
+class RandSliceStainJitterd(Randomizable, MapTransform):
+    """Independent stain and intensity jitter for EVERY slice (serial sections are stained apart).
+
+    In optical density, each slice's stain amounts (HED basis) are scaled by ``U(1 - s, 1 + s)`` and
+    shifted by ``U(-b, b)`` (Tellez et al., 2018), then brightness ``+U(-B, B)`` and contrast
+    ``*U(1 - C, 1 + C)`` are applied. Input and output: RGB ``[3, N, H, W]`` in [0, 1] (apply before
+    normalisation).
+
+    Args:
+        keys: image keys.
+        prob: per-slice probability of jittering.
+        stain_scale: s.
+        stain_shift: b.
+        brightness: B.
+        contrast: C.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        prob: float = 0.8,
+        stain_scale: float = 0.1,
+        stain_shift: float = 0.02,
+        brightness: float = 0.05,
+        contrast: float = 0.1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.prob = prob
+        self.stain_scale = stain_scale
+        self.stain_shift = stain_shift
+        self.brightness = brightness
+        self.contrast = contrast
+
+    def randomize(self, n: int) -> None:
+        """Draw parameters for ``n`` slices: sets ``self._params``."""
+        self._params = {
+            "do": self.R.rand(n) < self.prob,
+            "scale": self.R.uniform(1 - self.stain_scale, 1 + self.stain_scale, size=(n, 3)),
+            "shift": self.R.uniform(-self.stain_shift, self.stain_shift, size=(n, 3)),
+            "brightness": self.R.uniform(-self.brightness, self.brightness, size=n),
+            "contrast": self.R.uniform(1 - self.contrast, 1 + self.contrast, size=n),
+        }
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key]).float()
+            n = x.shape[1]
+            self.randomize(n)
+            p = self._params
+            if not p["do"].any():
+                continue
+            od = -torch.log(x.clamp(min=1.0 / 255.0)).double()  # [3, N, H, W]
+            conc = torch.einsum("cnhw,cs->snhw", od, _HED_FROM_RGB)
+            scale = torch.as_tensor(p["scale"].T, dtype=torch.float64)[:, :, None, None]
+            shift = torch.as_tensor(p["shift"].T, dtype=torch.float64)[:, :, None, None]
+            od = torch.einsum("snhw,sc->cnhw", conc * scale + shift, _RGB_FROM_HED)
+            y = torch.exp(-od).float()
+            mean = y.mean(dim=(0, 2, 3), keepdim=True)
+            contrast = torch.as_tensor(p["contrast"], dtype=torch.float32)[None, :, None, None]
+            bright = torch.as_tensor(p["brightness"], dtype=torch.float32)[None, :, None, None]
+            y = ((y - mean) * contrast + mean + bright).clamp_(0.0, 1.0)
+            keep = torch.as_tensor(p["do"])[None, :, None, None]
+            d[key] = torch.where(keep, y, x)
+        return d
+
+
+class NormalizeSAM2d(MapTransform):
+    """``(x - mean) / std`` per channel with SAM2's ImageNet statistics, on RGB in [0, 1].
+
+    Args:
+        keys: image keys, ``[3, N, H, W]`` float tensors.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mean = torch.tensor(SAM2_PIXEL_MEAN, dtype=torch.float32)[:, None, None, None]
+        self.std = torch.tensor(SAM2_PIXEL_STD, dtype=torch.float32)[:, None, None, None]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key]).float()
+            if x.shape[0] != 3:
+                raise SequenceDataError(
+                    f"{key!r}: expected RGB [3, N, H, W] before normalisation, got {tuple(x.shape)}"
+                )
+            d[key] = ((x - self.mean) / self.std).contiguous()
+        return d
+
+
+def sequence_transforms(
+    image_size: int | Sequence[int],
+    train: bool,
+    window: int | None = None,
+    keys: Sequence[str] = ("image", "label"),
+    mask_threshold: float = 0.5,
+    max_stride: int = 1,
+    spatial_aug: bool = True,
+    stain_aug: bool = True,
+    z_spacing_um: float | None = None,
+) -> Compose:
+    """The standard chain: [window] -> load+resize -> [spatial aug -> stain jitter] -> normalise.
+
+    Args:
+        image_size: the model's ``image_size`` (int) or ``(H, W)``.
+        train: add the random window (when ``window`` is set) and the augmentations.
+        window: slices per training window; None or evaluation keeps whole sequences.
+        keys: image key then label key(s).
+        mask_threshold: see :class:`LoadSequenced`.
+        max_stride: see :class:`RandSequenceWindowd`.
+        spatial_aug: add :class:`RandSequenceSpatiald` (train only).
+        stain_aug: add :class:`RandSliceStainJitterd` (train only).
+        z_spacing_um: fallback spacing for stacks without metadata.
+
+    Returns:
+        A ``monai.transforms.Compose``.
+    """
+    keys = list(keys)
+    chain: list[Any] = []
+    if train and window:
+        chain.append(
+            RandSequenceWindowd(keys, window=window, max_stride=max_stride, z_spacing_um=z_spacing_um)
+        )
+    chain.append(
+        LoadSequenced(keys, spatial_size=image_size, mask_threshold=mask_threshold, z_spacing_um=z_spacing_um)
+    )
+    if train and spatial_aug:
+        chain.append(RandSequenceSpatiald(keys))
+    if train and stain_aug:
+        chain.append(RandSliceStainJitterd(keys[0]))
+    chain.append(NormalizeSAM2d(keys[0]))
+    return Compose(chain)
