@@ -536,7 +536,7 @@ def slice_folder_item(
     The CSV has a header row; columns ``image`` (file name, relative to ``image_dir``, default the CSV's
     folder), optional ``label`` (relative to ``label_dir``, default the CSV's folder), and one or more of
     ``x_um``, ``y_um``, ``z_um`` (micrometres). Row order is sequence order. Without a ``label`` column,
-    a file of the same name in ``label_dir`` is the mask.
+    a file of the same name in ``label_dir`` (if given) is the mask.
 
     Args:
         positions_csv: the CSV file.
@@ -584,9 +584,11 @@ def slice_folder_item(
             raise SequenceDataError(
                 f"{csv_path} line {line}: position columns {pos_cols} must be numbers ({exc})"
             ) from exc
-        label = label_root / (row[label_col] if label_col else row[image_col])
-        if label_col and not row[label_col]:
-            label = None
+        # Masks: the 'label' column, else a file of the same name in label_dir (only when given).
+        if label_col:
+            label = label_root / row[label_col] if row[label_col] else None
+        else:
+            label = Path(label_dir) / row[image_col] if label_dir is not None else None
         if label is not None and label.is_file():
             size, label_size = read_image_size(image), read_image_size(label)
             if size != label_size:
@@ -597,8 +599,9 @@ def slice_folder_item(
             labels.append(str(label))
         else:
             if masks == "required":
+                expected = label if label is not None else "a 'label' column or label_dir"
                 raise SequenceDataError(
-                    f"{csv_path} line {line}: no mask for {image.name} (expected {label})"
+                    f"{csv_path} line {line}: no mask for {image.name} (expected {expected})"
                 )
             labels.append(None)
         if image.suffix.lower() not in IMAGE_SUFFIXES:
