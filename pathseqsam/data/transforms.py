@@ -268,7 +268,13 @@ class LoadSequenced(MapTransform):
         self.assume_isotropic = assume_isotropic
 
     def _read(
-        self, value: Any, is_mask: bool, slice_index: list[int] | None, where: str
+        self,
+        value: Any,
+        is_mask: bool,
+        slice_index: list[int] | None,
+        where: str,
+        image_sizes: list[tuple[int, int]] | None = None,
+        image_sources: list[str] | None = None,
     ) -> tuple[torch.Tensor, list[tuple[int, int]], list[str], list[str]]:
         """Decode one key: returns ([C, N, H, W], original sizes, slice names, sources)."""
         if isinstance(value, (str, Path)):
@@ -286,8 +292,15 @@ class LoadSequenced(MapTransform):
             raise SequenceDataError(
                 f"{where}: expected a stack path or a non-empty list of slice paths, got {value!r}"
             )
+        if image_sizes is not None and len(slices) != len(image_sizes):
+            raise SequenceDataError(f"{where}: {len(slices)} mask slices for {len(image_sizes)} image slices")
         out, sizes = [], []
-        for (arr, size), source in zip(slices, sources):
+        for k, ((arr, size), source) in enumerate(zip(slices, sources)):
+            if image_sizes is not None and image_sources is not None and size != image_sizes[k]:
+                (mh, mw), (ih, iw) = size, image_sizes[k]
+                raise SequenceDataError(
+                    f"{source}: mask is {mw}x{mh} px but image {image_sources[k]} is {iw}x{ih} px; expected equal sizes"
+                )
             if is_mask:
                 t = torch.from_numpy(to_binary_mask(arr, self.mask_threshold, source).astype(np.float32))[
                     None
@@ -329,17 +342,7 @@ class LoadSequenced(MapTransform):
             if d[key] is None:
                 del d[key]
                 continue
-            mask, mask_sizes, _, mask_sources = self._read(d[key], True, slice_index, where)
-            if mask.shape[1] != n:
-                raise SequenceDataError(f"{where}: {key!r} has {mask.shape[1]} slices, {image_key!r} has {n}")
-            for k in range(n):
-                if mask_sizes[k] != sizes[k]:
-                    (mh, mw), (ih, iw) = mask_sizes[k], sizes[k]
-                    raise SequenceDataError(
-                        f"{mask_sources[k]}: mask is {mw}x{mh} px but image {sources[k]} is {iw}x{ih} px; "
-                        "expected equal sizes"
-                    )
-            d[key] = mask
+            d[key] = self._read(d[key], True, slice_index, where, sizes, sources)[0]
 
         d["slice_names"] = names
         d["slice_index"] = torch.as_tensor(
