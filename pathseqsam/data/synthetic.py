@@ -158,10 +158,17 @@ def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
             "z_um": [float(z) for z in z_um],
             "degraded": flags,
             "damage": damage,
+            # Geometry for independent checks: a point p is inside a glomerulus when
+            # |((p - centre) @ rotation) / semi_axes| < 1 (up to a +-3 % wobble of the capsule).
             "glomeruli": [
-                {"centre_um": np.round(g.centre, 3).tolist(), "semi_axes_um": np.round(g.axes, 3).tolist()}
+                {
+                    "centre_um": np.round(g.centre, 4).tolist(),
+                    "semi_axes_um": np.round(g.axes, 4).tolist(),
+                    "rotation": np.round(g.rotation, 6).tolist(),
+                }
                 for g in block.glomeruli
             ],
+            "tissue_edge": None if block.edge is None else [round(v, 4) for v in block.edge],
             "foreground_fraction": [round(float((m > 0).mean()), 5) for m in masks],
         },
     }

@@ -50,7 +50,8 @@ TUFT, CAPILLARY_LUMEN, BOWMAN_SPACE, CAPSULE, VESSEL_WALL, VESSEL_LUMEN, ELASTIC
     11,
     12,
 )
-N_COMPARTMENTS = 13
+INFILTRATE = 13  # interstitium crowded with inflammatory cells
+N_COMPARTMENTS = 14
 
 # Tube kinds.
 PROXIMAL, DISTAL, COLLECTING, ARTERIOLE = 0, 1, 2, 3
@@ -79,17 +80,21 @@ _BASE_AMOUNTS[CAPSULE] = (0.03, 0.95, 0.0)
 _BASE_AMOUNTS[VESSEL_WALL] = (0.08, 0.42, 0.0)
 _BASE_AMOUNTS[VESSEL_LUMEN] = (0.0, 0.03, 0.0)
 _BASE_AMOUNTS[ELASTIC_LAMINA] = (0.02, 1.0, 0.0)
+_BASE_AMOUNTS[INFILTRATE] = (0.06, 0.22, 0.0)
 
 # Probability that a candidate nucleus centred in a compartment is kept (nuclear density).
 _NUCLEUS_KEEP = np.zeros(N_COMPARTMENTS)
-_NUCLEUS_KEEP[[INTERSTITIUM, EPITHELIUM, TUFT, CAPSULE, VESSEL_WALL, BRUSH_BORDER]] = (
+_NUCLEUS_KEEP[[INTERSTITIUM, EPITHELIUM, TUFT, CAPSULE, VESSEL_WALL, BRUSH_BORDER, INFILTRATE]] = (
     0.04,
     0.45,
     0.95,
     0.25,
     0.5,
     0.0,
+    0.95,
 )
+# Distal tubules and collecting ducts have smaller, more crowded cells than proximal tubules.
+_EPITHELIUM_DENSITY = {0: 1.0, 1: 1.5, 2: 1.8, 3: 1.0}
 _RBC_KEEP = np.zeros(N_COMPARTMENTS)
 _RBC_KEEP[[CAPILLARY_LUMEN, VESSEL_LUMEN, INTERSTITIUM]] = (0.9, 0.9, 0.02)
 
@@ -176,6 +181,8 @@ class TissueBlock:
         stains: ``[3, 3]`` OD per unit of haematoxylin, PAS, red pigment for this case.
         amounts: ``[N_COMPARTMENTS, 3]`` stain amounts per compartment for this case.
         edge: tissue edge ``(nx, ny, offset)`` (tissue where ``x*nx + y*ny < offset``) or None.
+        infiltrates: ``[K, 4]`` spheres ``(x, y, z, radius)`` of interstitial inflammation: crowded
+            nuclei between tubules, the hard negative for "glomeruli are where nuclei are dense".
     """
 
     field_um: float
@@ -197,6 +204,7 @@ class TissueBlock:
     stains: np.ndarray = field(default_factory=lambda: _BASE_STAINS.copy())
     amounts: np.ndarray = field(default_factory=lambda: _BASE_AMOUNTS.copy())
     edge: tuple[float, float, float] | None = None
+    infiltrates: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
 
 @dataclass
@@ -353,6 +361,8 @@ def make_tissue_block(rng: np.random.Generator, field_um: float, z_range: tuple[
     volume = float(np.prod(hi - lo))
     n_nuclei = rng.poisson(volume / 260.0)
     nuclei = rng.uniform(lo, hi, size=(n_nuclei, 3))
+    nuclei_radius = rng.uniform(2.3, 3.4, size=n_nuclei)
+    nuclei_u = rng.random(n_nuclei)
     n_rbc = rng.poisson(volume / 900.0)
     rbc = rng.uniform(lo, hi, size=(n_rbc, 3))
 
@@ -377,6 +387,26 @@ def make_tissue_block(rng: np.random.Generator, field_um: float, z_range: tuple[
             float(ny),
             float(centre_proj + rng.uniform(0.3, 0.48) * field_um * (abs(nx) + abs(ny))),
         )
+    n_infiltrates = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.3, 0.25, 0.2]))
+    infiltrates = np.column_stack(
+        [
+            rng.uniform(0.05, 0.95, size=(n_infiltrates, 2)) * field_um,
+            rng.uniform(z_range[0] - 15.0, z_range[1] + 15.0, size=n_infiltrates),
+            rng.uniform(22.0, 48.0, size=n_infiltrates),
+        ]
+    )
+    # Inflammatory cells are packed more densely than the cells of any compartment: extra nuclei.
+    extra = []
+    for cx, cy, cz, r in infiltrates:
+        count = rng.poisson(4.0 / 3.0 * np.pi * r**3 / 110.0)
+        d = rng.standard_normal((count, 3))
+        d *= (r * rng.random(count) ** (1.0 / 3.0) / np.linalg.norm(d, axis=1))[:, None]
+        extra.append(d + np.array([cx, cy, cz]))
+    if extra:
+        extra_pts = np.concatenate(extra)
+        nuclei = np.concatenate([nuclei, extra_pts])
+        nuclei_radius = np.concatenate([nuclei_radius, rng.uniform(2.0, 2.8, size=len(extra_pts))])
+        nuclei_u = np.concatenate([nuclei_u, 0.5 * rng.random(len(extra_pts))])
     return TissueBlock(
         field_um=float(field_um),
         z_range=(float(z_range[0]), float(z_range[1])),
@@ -388,8 +418,8 @@ def make_tissue_block(rng: np.random.Generator, field_um: float, z_range: tuple[
         tube_lumen=np.array(lumens),
         tube_kind=np.array(kinds, dtype=np.int64),
         nuclei=nuclei,
-        nuclei_radius=rng.uniform(2.3, 3.4, size=n_nuclei),
-        nuclei_u=rng.random(n_nuclei),
+        nuclei_radius=nuclei_radius,
+        nuclei_u=nuclei_u,
         rbc=rbc,
         rbc_radius=rng.uniform(2.2, 3.0, size=n_rbc),
         rbc_u=rng.random(n_rbc),
@@ -397,6 +427,7 @@ def make_tissue_block(rng: np.random.Generator, field_um: float, z_range: tuple[
         stains=stains,
         amounts=amounts,
         edge=edge,
+        infiltrates=infiltrates,
     )
 
 
@@ -554,6 +585,14 @@ def render_section(block: TissueBlock, z: float, image_size: int, rng: np.random
     comp[in_tube & is_artery & (r_tube < lumen)] = VESSEL_LUMEN
     # Interstitial gaps (shrinkage artefacts) between structures.
     comp[(comp == INTERSTITIUM) & (block.noise["gaps"].grid(xs, ys, z) > 1.5)] = GLASS
+    # Inflammatory infiltrates fill the interstitium inside irregular spheres.
+    if len(block.infiltrates):
+        ragged = 1.0 + 0.25 * block.noise["lobes"].grid(xs + 700.0, ys, z)
+        for cx, cy, cz, r in block.infiltrates:
+            if abs(z - cz) < r:
+                profile = np.sqrt(r * r - (z - cz) ** 2)
+                inside = np.hypot(xs[None, :] - cx, ys[:, None] - cy) < profile * ragged
+                comp[inside & (comp == INTERSTITIUM)] = INFILTRATE
 
     # Glomeruli override everything they contain.
     rho, tuft = _glomerulus_fields(block, z, xs, ys)
@@ -600,6 +639,8 @@ def render_section(block: TissueBlock, z: float, image_size: int, rng: np.random
     lumen_at = lumen[iy, ix]
     apical = (near_comp == EPITHELIUM) & (r_at < lumen_at + 0.5 * (1.0 - lumen_at))
     prob = np.where(apical, 0.1 * prob, prob)
+    density = np.vectorize(_EPITHELIUM_DENSITY.get)(kind[iy, ix]) if near.size else np.ones(0)
+    prob = np.where(near_comp == EPITHELIUM, prob * density, prob)
     keep[near] = block.nuclei_u[near] < prob
     cover = _stamp_spheres(block.nuclei, block.nuclei_radius, keep, z, step, image_size)
     chromatin = np.clip(1.0 + 0.3 * _smooth_noise(rng, image_size, 0.7), 0.4, None)
