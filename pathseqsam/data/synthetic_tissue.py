@@ -15,7 +15,10 @@ Structures (sizes for mouse kidney, whose glomeruli are 60-120 um across):
 * arterioles: tubes with a thick muscular wall, a magenta elastic lamina and red cells in the lumen
   (round, ring-like hard negatives);
 * interstitium: pale fibrous stroma with sparse nuclei and small artefactual gaps; sometimes a tissue
-  edge with bare glass beyond it.
+  edge with bare glass beyond it;
+* inflammatory infiltrates: irregular 3D clusters of crowded nuclei in the interstitium, and distal
+  tubules / collecting ducts with more crowded nuclei than proximal tubules: hard negatives for
+  "glomeruli are where the nuclei are dense".
 
 Nuclei and red cells are 3D spheres, so each appears in one or two sections like real ones. Stains
 are rendered with the Beer-Lambert law from per-pixel amounts of haematoxylin, PAS-magenta and red
