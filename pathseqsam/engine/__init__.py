@@ -1,1 +1,29 @@
-"""Glue between PathSeqSAM and MONAI/Ignite engines (batch preparation, handlers)."""
+"""Glue between PathSeqSAM and MONAI/Ignite engines (batch preparation, handlers, writers, run setup)."""
+
+from __future__ import annotations
+
+from pathseqsam.engine.handlers import (
+    AtomicCheckpointSaver,
+    NaNLossGuard,
+    OverlaySaver,
+    ProgressLogger,
+    TrainingCurves,
+    ValidationSummary,
+)
+from pathseqsam.engine.prepare_batch import SequencePrepareBatch
+from pathseqsam.engine.setup import latest_checkpoint, prepare_datalist, resume_from_latest
+from pathseqsam.engine.writers import SaveSequencePredictiond
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "NaNLossGuard",
+    "OverlaySaver",
+    "ProgressLogger",
+    "SaveSequencePredictiond",
+    "SequencePrepareBatch",
+    "TrainingCurves",
+    "ValidationSummary",
+    "latest_checkpoint",
+    "prepare_datalist",
+    "resume_from_latest",
+]

@@ -448,6 +448,9 @@ class PathSeqSAM(SAM2Base):
         pos = torch.as_tensor(positions, device=device).float()
         if pos.ndim == 2:
             pos = pos.unsqueeze(-1)
+        if pos.ndim == 3 and pos.shape[0] == 1 and bsz > 1:
+            # one sequence cut into several in-plane windows (sliding-window inference): same positions
+            pos = pos.expand(bsz, -1, -1)
         if pos.ndim != 3 or pos.shape[:2] != (bsz, n) or pos.shape[2] not in (1, 2, 3):
             raise ValueError(
                 f"positions must be [B, N] or [B, N, 1|2|3] with B={bsz}, N={n}; got {tuple(pos.shape)}"
