@@ -1,0 +1,200 @@
+"""The MONAI bundle, Model-Zoo style: ConfigWorkflow initialize / check_properties / run / finalize.
+
+Train (one short epoch, tiny model) -> evaluate the saved model -> inference (with and without
+labels, slices and NIfTI stacks) -> resume from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundle" / "configs"
+META = str(CONFIGS / "metadata.json")
+LOGGING = str(CONFIGS / "logging.conf")
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from pathseqsam.data.synthetic import generate_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("bundle") / "data"
+    generate_synthetic_dataset(out, cases=5, seed=3, image_size=SIZE, sections=4, contact_sheet=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> tuple[Path, ConfigWorkflow]:
+    root = tmp_path_factory.mktemp("bundle_root")
+    workflow = _train(root, dataset, epochs=1)
+    return root, workflow
+
+
+def _overrides(root: Path, dataset: Path) -> dict:
+    return {
+        "bundle_root": str(root),
+        "dataset_dir": str(dataset),
+        "image_size": SIZE,
+        "window": 2,
+        "batch_size": 2,
+        "train#windows_per_case": 1,
+    }
+
+
+def _train(root: Path, dataset: Path, epochs: int, **extra) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(
+        workflow_type="train",
+        config_file=str(CONFIGS / "train.json"),
+        meta_file=META,
+        logging_file=LOGGING,
+        **_overrides(root, dataset),
+        **{"train#trainer#max_epochs": epochs},
+        **extra,
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def test_train_writes_checkpoints_curves_overlays(trained, dataset):
+    root, workflow = trained
+    assert (root / "models" / "model.pt").is_file()
+    assert (root / "models" / "checkpoint_epoch=1.pt").is_file()
+    state = torch.load(root / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+    assert not list((root / "models").glob("*.tmp*"))
+    rows = list(csv.DictReader(open(root / "eval" / "curves.csv")))
+    assert [r["epoch"] for r in rows] == ["1"] and float(rows[0]["train_loss"]) > 0
+    assert 0.0 <= float(rows[0]["val_mean_dice"]) <= 1.0
+    assert Image.open(root / "eval" / "curves.png").size[0] > 100
+    assert list((root / "eval" / "overlays").glob("*.png"))
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(float(rows[0]["val_mean_dice"]))
+
+
+def test_evaluate_saves_per_patch_metrics(trained, dataset):
+    root, _ = trained
+    workflow = ConfigWorkflow(
+        workflow_type="train",
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
+        meta_file=META,
+        logging_file=LOGGING,
+        **_overrides(root, dataset),
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+    workflow.run()
+    workflow.finalize()
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    details = evaluator.state.metric_details["val_mean_dice"].flatten().tolist()
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    n_slices = sum(len(item["image"]) for item in datalist["validation"])
+    with open(root / "eval" / "val_mean_dice_raw.csv") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert len(rows) - 1 == n_slices == len(details)
+    assert rows[1][0].startswith(datalist["validation"][0]["case"] + "/")
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:]], details, rtol=1e-4)
+    with open(root / "eval" / "metrics.csv") as f:
+        metrics = dict(line.strip().split("\t") for line in f if line.strip())
+    assert float(metrics["val_mean_dice"]) == pytest.approx(
+        evaluator.state.metrics["val_mean_dice"], rel=1e-4
+    )
+    assert float(metrics["val_mean_dice"]) == pytest.approx(float(np.mean(details)), rel=1e-4)
+    assert "val_object_f1" in metrics
+    assert (root / "eval" / "val_mean_dice_summary.csv").is_file()
+
+
+def _infer(root: Path, dataset: Path, **extra) -> Path:
+    out = root / "eval" / "inference"
+    workflow = ConfigWorkflow(
+        workflow_type="infer",
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=META,
+        logging_file=LOGGING,
+        bundle_root=str(root),
+        dataset_dir=str(dataset),
+        image_size=SIZE,
+        **extra,
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+    workflow.run()
+    workflow.finalize()
+    return out
+
+
+def test_inference_writes_masks_that_match_the_network(trained, dataset, tmp_path):
+    root, _ = trained
+    out = _infer(root, dataset)
+    summary = json.loads((out / "summary.json").read_text())
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    case = datalist["test"][0]
+    entry = summary["cases"][case["case"]]
+    assert len(entry["slices"]) == len(case["image"])
+    mask = np.asarray(Image.open(out / entry["slices"][0]["mask"]))
+    assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0, 255}
+    assert Image.open(out / entry["slices"][0]["overlay"]).size == (SIZE, SIZE)
+
+    # independent check: the same network and checkpoint, called directly
+    from pathseqsam import build_pathseqsam
+    from pathseqsam.data.transforms import LoadSequenced, NormalizeSAM2d
+
+    item = {k: ([str(dataset / p) for p in v] if k in ("image", "label") else v) for k, v in case.items()}
+    data = NormalizeSAM2d("image")(LoadSequenced(["image", "label"])(item))
+    net = build_pathseqsam(model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False).eval()
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    with torch.no_grad():
+        probs = torch.sigmoid(net(data["image"][None], positions=data["positions"][None]))[0, 0]
+    for t, sl in enumerate(entry["slices"]):
+        written = np.asarray(Image.open(out / sl["mask"])) > 0
+        expected = (probs[t] > 0.5).numpy()
+        assert (written != expected).mean() < 1e-3, sl["slice"]
+        assert sl["foreground_fraction"] == pytest.approx(expected.mean(), abs=1e-3)
+
+
+def test_inference_without_labels_and_on_nifti_stacks(trained, dataset, tmp_path):
+    root, _ = trained
+    datalist = json.loads((dataset / "datalist_nifti.json").read_text())
+    unlabelled = {"test": [{k: v for k, v in item.items() if k != "label"} for item in datalist["test"]]}
+    path = dataset / "datalist_nifti_unlabelled.json"
+    path.write_text(json.dumps(unlabelled))
+    out = _infer(root, dataset, datalist=str(path))
+    summary = json.loads((out / "summary.json").read_text())
+    case = unlabelled["test"][0]["case"]
+    stack = out / summary["cases"][case]["stack"]
+    volume = np.asarray(nib.load(stack).dataobj)
+    source = nib.load(dataset / unlabelled["test"][0]["image"])
+    assert volume.shape == source.shape[:3]
+    # the stack holds the same masks as the per-slice PNGs (NIfTI is x, y, z)
+    first = np.asarray(Image.open(out / summary["cases"][case]["slices"][0]["mask"]))
+    np.testing.assert_array_equal(volume[:, :, 0].T, first)
+
+
+def test_resume_continues_from_latest_checkpoint(trained, dataset, tmp_path, caplog):
+    root, first = trained
+    resumed_root = tmp_path / "resume"
+    (resumed_root / "models").mkdir(parents=True)
+    latest = root / "models" / "checkpoint_epoch=1.pt"
+    (resumed_root / "models" / latest.name).write_bytes(latest.read_bytes())
+    with caplog.at_level(logging.INFO, logger="pathseqsam"):
+        workflow = _train(resumed_root, dataset, epochs=2, resume=True)
+    assert any("resuming from" in r.getMessage() for r in caplog.records)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    epoch_length = first.parser.get_parsed_content("train#trainer").state.epoch_length
+    assert trainer.state.epoch == 2
+    assert trainer.state.iteration == 2 * epoch_length  # continued, not restarted
+    assert (resumed_root / "models" / "checkpoint_epoch=2.pt").is_file()
+    assert not (resumed_root / "models" / "checkpoint_epoch=1.pt").exists()  # n_saved=1
