@@ -19,18 +19,20 @@ def save_contact_sheet(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray] | None = None,
     captions: Sequence[str] | None = None,
+    predictions: Sequence[np.ndarray] | None = None,
     highlight: Sequence[bool] | None = None,
     title: str | None = None,
     columns: int | None = None,
     tile_inches: float = 2.2,
 ) -> Path:
-    """Save slices side by side with mask contours (green) to a PNG, atomically.
+    """Save slices side by side with mask contours (green) and predicted contours (cyan) to a PNG, atomically.
 
     Args:
         path: destination ``.png``.
         images: RGB slices ``[H, W, 3]`` (uint8 or float in [0, 1]).
         masks: optional binary masks ``[H, W]``, one per slice; drawn as contours.
         captions: optional text under each slice.
+        predictions: optional predicted binary masks ``[H, W]``, drawn as cyan contours.
         highlight: optional flags; flagged slices get a red caption and frame (e.g. degraded ones).
         title: optional figure title.
         columns: tiles per row (default: up to 6).
@@ -62,6 +64,10 @@ def save_contact_sheet(
         ax.imshow(np.asarray(images[i]), interpolation="nearest")
         if masks is not None and np.asarray(masks[i]).any():
             ax.contour(np.asarray(masks[i], dtype=np.float32), levels=[0.5], colors=["lime"], linewidths=0.9)
+        if predictions is not None and np.asarray(predictions[i]).any():
+            ax.contour(
+                np.asarray(predictions[i], dtype=np.float32), levels=[0.5], colors=["cyan"], linewidths=0.9
+            )
         flagged = bool(highlight[i]) if highlight is not None else False
         if captions is not None:
             ax.set_xlabel(captions[i], fontsize=7, color="red" if flagged else "black")
