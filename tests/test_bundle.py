@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -103,12 +102,12 @@ def test_evaluate_saves_per_patch_metrics(trained, dataset):
     datalist = json.loads((dataset / "datalist.json").read_text())
     n_slices = sum(len(item["image"]) for item in datalist["validation"])
     with open(root / "eval" / "val_mean_dice_raw.csv") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+        rows = list(csv.reader(f))
     assert len(rows) - 1 == n_slices == len(details)
     assert rows[1][0].startswith(datalist["validation"][0]["case"] + "/")
     np.testing.assert_allclose([float(r[1]) for r in rows[1:]], details, rtol=1e-4)
     with open(root / "eval" / "metrics.csv") as f:
-        metrics = dict(line.strip().split("\t") for line in f if line.strip())
+        metrics = dict(line.strip().split(",") for line in f if line.strip())
     assert float(metrics["val_mean_dice"]) == pytest.approx(
         evaluator.state.metrics["val_mean_dice"], rel=1e-4
     )
@@ -183,18 +182,18 @@ def test_inference_without_labels_and_on_nifti_stacks(trained, dataset, tmp_path
     np.testing.assert_array_equal(volume[:, :, 0].T, first)
 
 
-def test_resume_continues_from_latest_checkpoint(trained, dataset, tmp_path, caplog):
+def test_resume_continues_from_latest_checkpoint(trained, dataset, tmp_path, capfd):
     root, first = trained
     resumed_root = tmp_path / "resume"
     (resumed_root / "models").mkdir(parents=True)
     latest = root / "models" / "checkpoint_epoch=1.pt"
     (resumed_root / "models" / latest.name).write_bytes(latest.read_bytes())
-    with caplog.at_level(logging.INFO, logger="pathseqsam"):
-        workflow = _train(resumed_root, dataset, epochs=2, resume=True)
-    assert any("resuming from" in r.getMessage() for r in caplog.records)
+    workflow = _train(resumed_root, dataset, epochs=2, resume=True)
+    assert f"resuming from {resumed_root / 'models' / latest.name}" in capfd.readouterr().out
     trainer = workflow.parser.get_parsed_content("train#trainer")
     epoch_length = first.parser.get_parsed_content("train#trainer").state.epoch_length
     assert trainer.state.epoch == 2
     assert trainer.state.iteration == 2 * epoch_length  # continued, not restarted
-    assert (resumed_root / "models" / "checkpoint_epoch=2.pt").is_file()
-    assert not (resumed_root / "models" / "checkpoint_epoch=1.pt").exists()  # n_saved=1
+    from pathseqsam.engine import latest_checkpoint
+
+    assert Path(latest_checkpoint(resumed_root / "models")).name == "checkpoint_epoch=2.pt"

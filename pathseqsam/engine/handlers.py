@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
-from monai.engines import Trainer
 from monai.handlers import CheckpointSaver, from_engine
 
 from pathseqsam.data.atomic import atomic_write
@@ -107,36 +106,41 @@ class ProgressLogger:
 class TrainingCurves:
     """Training loss and validation metric per epoch, as ``curves.csv`` and ``curves.png``.
 
-    Attach the SAME object to the trainer (loss) and to the evaluator (metric).
+    Attach to the trainer after the ``ValidationHandler``: at each epoch end it reads the
+    validator's latest metric.
 
     Args:
         output_dir: where to write.
-        metric_name: evaluator metric to plot.
+        validator: the evaluator run by the ValidationHandler (optional).
+        metric_name: validator metric to plot.
     """
 
-    def __init__(self, output_dir: str | Path, metric_name: str = "val_mean_dice") -> None:
-        self.output_dir, self.metric_name = Path(output_dir), metric_name
+    def __init__(
+        self, output_dir: str | Path, validator: Engine | None = None, metric_name: str = "val_mean_dice"
+    ) -> None:
+        self.output_dir, self.validator, self.metric_name = Path(output_dir), validator, metric_name
         self.losses: dict[int, list[float]] = {}
         self.metrics: dict[int, float] = {}
-        self.trainer: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
-        if isinstance(engine, Trainer):
-            self.trainer = engine
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._loss)
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
-        else:
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self._metric)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+        if self.validator is not None:
+            self.validator.add_event_handler(Events.COMPLETED, self._validated)
+        self._pending: float | None = None
 
     def _loss(self, engine: Engine) -> None:
         self.losses.setdefault(engine.state.epoch, []).append(_loss(engine))
 
-    def _metric(self, engine: Engine) -> None:
-        epoch = self.trainer.state.epoch if self.trainer is not None else engine.state.epoch
-        value = engine.state.metrics.get(self.metric_name)
-        if value is not None:
-            self.metrics[epoch] = float(value)
-            self._write(engine)
+    def _validated(self, validator: Engine) -> None:
+        value = validator.state.metrics.get(self.metric_name)
+        self._pending = None if value is None else float(value)
+
+    def _epoch(self, engine: Engine) -> None:
+        if self._pending is not None:  # a validation ran during this epoch
+            self.metrics[engine.state.epoch] = self._pending
+            self._pending = None
+        self._write(engine)
 
     def _write(self, _engine: Engine) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg

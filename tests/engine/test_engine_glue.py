@@ -80,9 +80,14 @@ def test_nan_guard_names_epoch_iteration_and_terms():
 
 def test_atomic_checkpoint_saver(tmp_path):
     net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
     engine = Engine(lambda e, b: None)
     saver = AtomicCheckpointSaver(
-        save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1, epoch_level=True
+        save_dir=str(tmp_path),
+        save_dict={"model": net, "optimizer": opt},
+        save_interval=1,
+        n_saved=1,
+        epoch_level=True,
     )
     saver.attach(engine)
     engine.run([0], max_epochs=3)
@@ -90,29 +95,26 @@ def test_atomic_checkpoint_saver(tmp_path):
     assert files == ["checkpoint_epoch=3.pt"]  # latest only, no temp files left behind
     assert (tmp_path / files[0]).stat().st_mode & 0o044  # group/others can read
     state = torch.load(tmp_path / files[0], weights_only=True)
-    assert torch.equal(state["weight"], net.weight)
+    assert torch.equal(state["model"]["weight"], net.weight)
 
 
 def test_training_curves_written(tmp_path):
-    from monai.engines import SupervisedEvaluator, SupervisedTrainer
+    trainer = Engine(lambda e, b: [{"loss": torch.tensor(0.5 + b)}])
+    validator = Engine(lambda e, b: None)
 
-    curves = TrainingCurves(tmp_path, metric_name="val_mean_dice")
-    trainer = SupervisedTrainer.__new__(SupervisedTrainer)  # isinstance check only
-    Engine.__init__(trainer, lambda e, b: [{"loss": torch.tensor(0.5 + b)}])
-    curves.attach(trainer)
-    evaluator = SupervisedEvaluator.__new__(SupervisedEvaluator)
-    Engine.__init__(evaluator, lambda e, b: None)
-    curves.attach(evaluator)
+    @validator.on(Events.EPOCH_COMPLETED)
+    def _metric(engine):
+        engine.state.metrics["val_mean_dice"] = 0.25 * trainer.state.epoch
 
     @trainer.on(Events.EPOCH_COMPLETED)
-    def _validate(engine):
-        evaluator.run([0])
-        evaluator.state.metrics["val_mean_dice"] = 0.25 * engine.state.epoch
-        curves._metric(evaluator)
+    def _validate(engine):  # like ValidationHandler(interval=2), attached before the curves
+        if engine.state.epoch % 2 == 0:
+            validator.run([0])
 
-    trainer.run([0, 1], max_epochs=2)
+    TrainingCurves(tmp_path, validator=validator, metric_name="val_mean_dice").attach(trainer)
+    trainer.run([0, 1], max_epochs=4)
     lines = (tmp_path / "curves.csv").read_text().splitlines()
-    assert lines == ["epoch,train_loss,val_mean_dice", "1,1.0,0.25", "2,1.0,0.5"]
+    assert lines == ["epoch,train_loss,val_mean_dice", "1,1.0,", "2,1.0,0.5", "3,1.0,", "4,1.0,1.0"]
     assert Image.open(tmp_path / "curves.png").format == "PNG"
 
 
