@@ -62,15 +62,16 @@ def load_slices(datalist: Path, split: str, image_size: int) -> dict[str, torch.
 
 
 def seg_loss(out: dict[str, torch.Tensor], label: torch.Tensor) -> torch.Tensor:
-    """Soft Dice + BCE on clamped mask logits + BCE on the object score."""
+    """Soft Dice + BCE on clamped mask logits (+ BCE on the object score when the model has one)."""
     logits = out["logits"].clamp(-20.0, 20.0).flatten(1)  # [B, HW]
     target = label.flatten(1)
     prob = torch.sigmoid(logits)
     dice = 1.0 - (2.0 * (prob * target).sum(1) + 1.0) / (prob.sum(1) + target.sum(1) + 1.0)
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    has_object = (target.sum(1) > 0).float()
-    obj = F.binary_cross_entropy_with_logits(out["object_score_logits"].flatten(), has_object)
-    return dice.mean() + bce + obj
+    loss = dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
+    if "object_score_logits" in out:
+        has_object = (target.sum(1) > 0).float()
+        loss = loss + F.binary_cross_entropy_with_logits(out["object_score_logits"].flatten(), has_object)
+    return loss
 
 
 def slice_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -107,8 +108,8 @@ def predict(net: torch.nn.Module, data: dict[str, torch.Tensor], batch: int = 8)
 
 
 class UNetPerSlice(torch.nn.Module):
-    """Reference per-slice model (MONAI UNet) with the network's call signature; its "object score"
-    is the largest mask logit, so the same loss applies."""
+    """Reference per-slice model (MONAI UNet) with the network's call signature (no object score:
+    its loss is Dice + BCE only)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,7 +123,7 @@ class UNetPerSlice(torch.nn.Module):
         logits = self.unet(images[:, :, 0])[:, :, None]  # [B, 1, 1, H, W]
         if not return_aux:
             return logits
-        return {"logits": logits, "object_score_logits": logits.flatten(1).amax(1, keepdim=True)}
+        return {"logits": logits}
 
 
 def evaluate(net: torch.nn.Module, data: dict[str, torch.Tensor], batch: int = 8) -> dict[str, float]:
@@ -263,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         idx = torch.randint(0, len(x_train), (args.batch,), generator=gen)
         image, label = augment(x_train[idx], y_train[idx], gen)
         out_ = net(image[:, :, None], return_aux=True)
-        loss = seg_loss(
-            {"logits": out_["logits"][:, :, 0], "object_score_logits": out_["object_score_logits"]}, label
-        )
+        loss = seg_loss({**out_, "logits": out_["logits"][:, :, 0]}, label)
         opt.zero_grad()
         loss.backward()
         opt.step()
