@@ -20,6 +20,7 @@ def prepare_datalist(
     cases: int = 10,
     seed: int = 0,
     image_size: int = 256,
+    field_um: float = 256.0,
 ) -> str:
     """Return the datalist of ``dataset_dir``; generate the synthetic demo set when the folder is empty.
 
@@ -30,6 +31,7 @@ def prepare_datalist(
         cases: demo cases.
         seed: demo seed.
         image_size: demo image size.
+        field_um: demo field of view; 256 um at 256 px is 1 um per pixel, glomeruli 60-120 px across.
 
     Returns:
         Path of the datalist JSON.
@@ -51,7 +53,9 @@ def prepare_datalist(
     from pathseqsam.data.synthetic import generate_synthetic_dataset
 
     logger.info("%s is empty: generating the synthetic demo set (%d cases, seed %d)", root, cases, seed)
-    return str(generate_synthetic_dataset(root, cases=cases, seed=seed, image_size=image_size))
+    return str(
+        generate_synthetic_dataset(root, cases=cases, seed=seed, image_size=image_size, field_um=field_um)
+    )
 
 
 def latest_checkpoint(directory: str | os.PathLike, prefix: str = "checkpoint_epoch=") -> str | None:
