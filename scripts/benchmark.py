@@ -10,6 +10,8 @@ All three run on the same weights and the same random sequences, in inference mo
   long-sequence user would, so its memory is bounded too;
 * ``pathseqsam``: PathSeqSAM with top-K memory (Eq. 2) and distance-aware attention (Eq. 1).
 
+All three use the same weights with LoRA merged (``pathseqsam.merge_lora``), as deployed.
+
 Each (variant, N) runs in a fresh subprocess, so peak memory is not polluted by earlier runs:
 on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size sampled every
 2 ms during one extra forward, minus the size before it (workers run with
@@ -68,7 +70,7 @@ class PeakRSS:
 
 
 def _build(args):
-    from pathseqsam import build_pathseqsam
+    from pathseqsam import build_pathseqsam, merge_lora
 
     torch.manual_seed(0)
     net = build_pathseqsam(
@@ -78,7 +80,9 @@ def _build(args):
         lora_rank=8,
         device=args.device,
     )
-    return net.eval()
+    # Deployment weights: LoRA folded into the encoder, as in the SAM2 variant, so the comparison
+    # isolates the memory path (unmerged adapters add two small matmuls per attention projection).
+    return merge_lora(net).eval()
 
 
 def _stock_sam2(net, args):
