@@ -54,21 +54,25 @@ def _overrides(root: Path, dataset: Path) -> dict:
     }
 
 
-def _train(root: Path, dataset: Path, epochs: int, **extra) -> ConfigWorkflow:
+def _run(workflow_type: str, config_file: str | list[str], **overrides) -> ConfigWorkflow:
+    """The Zoo test pattern: initialize, no missing properties, run, finalize."""
     workflow = ConfigWorkflow(
-        workflow_type="train",
-        config_file=str(CONFIGS / "train.json"),
+        workflow_type=workflow_type,
+        config_file=config_file,
         meta_file=META,
         logging_file=LOGGING,
-        **_overrides(root, dataset),
-        **{"train#trainer#max_epochs": epochs},
-        **extra,
+        **overrides,
     )
     workflow.initialize()
     assert not workflow.check_properties()
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def _train(root: Path, dataset: Path, epochs: int, **extra) -> ConfigWorkflow:
+    overrides = {**_overrides(root, dataset), "train#trainer#max_epochs": epochs, **extra}
+    return _run("train", str(CONFIGS / "train.json"), **overrides)
 
 
 def test_train_writes_checkpoints_curves_overlays(trained, dataset):
@@ -89,17 +93,8 @@ def test_train_writes_checkpoints_curves_overlays(trained, dataset):
 
 def test_evaluate_saves_per_patch_metrics(trained, dataset):
     root, _ = trained
-    workflow = ConfigWorkflow(
-        workflow_type="train",
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
-        meta_file=META,
-        logging_file=LOGGING,
-        **_overrides(root, dataset),
-    )
-    workflow.initialize()
-    assert not workflow.check_properties()
-    workflow.run()
-    workflow.finalize()
+    configs = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    workflow = _run("train", configs, **_overrides(root, dataset))
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     details = evaluator.state.metric_details["val_mean_dice"].flatten().tolist()
     datalist = json.loads((dataset / "datalist.json").read_text())
@@ -121,22 +116,15 @@ def test_evaluate_saves_per_patch_metrics(trained, dataset):
 
 
 def _infer(root: Path, dataset: Path, **extra) -> Path:
-    out = root / "eval" / "inference"
-    workflow = ConfigWorkflow(
-        workflow_type="infer",
-        config_file=str(CONFIGS / "inference.json"),
-        meta_file=META,
-        logging_file=LOGGING,
+    _run(
+        "infer",
+        str(CONFIGS / "inference.json"),
         bundle_root=str(root),
         dataset_dir=str(dataset),
         image_size=SIZE,
         **extra,
     )
-    workflow.initialize()
-    assert not workflow.check_properties()
-    workflow.run()
-    workflow.finalize()
-    return out
+    return root / "eval" / "inference"
 
 
 def test_inference_writes_masks_that_match_the_network(trained, dataset, tmp_path):

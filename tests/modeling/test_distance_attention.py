@@ -20,18 +20,14 @@ from pathseqsam.modeling.distance_attention import (
 HEADS, DIM, KV = 2, 32, 16
 SIDE = 4  # 4 x 4 query tokens
 SLICES, PTR = 3, 5  # memory: 3 slices of 16 tokens + 5 object-pointer tokens (no RoPE)
+ATTN_KW = dict(
+    embedding_dim=DIM, num_heads=HEADS, kv_in_dim=KV, rope_k_repeat=True, feat_sizes=(SIDE, SIDE), dropout=0.0
+)
 
 
 def _attention(mode_seed: int = 0) -> DistanceAwareRoPEAttention:
     torch.manual_seed(mode_seed)
-    attn = DistanceAwareRoPEAttention(
-        embedding_dim=DIM,
-        num_heads=HEADS,
-        kv_in_dim=KV,
-        rope_k_repeat=True,
-        feat_sizes=(SIDE, SIDE),
-        dropout=0.0,
-    )
+    attn = DistanceAwareRoPEAttention(**ATTN_KW)
     return attn.eval()
 
 
@@ -100,14 +96,7 @@ def test_additive_matches_explicit_bias():
 def test_unweighted_equals_sam2_rope_attention():
     """Outside key_weighting the subclass is SAM2's RoPEAttention, weight for weight."""
     attn = _attention()
-    stock = RoPEAttention(
-        embedding_dim=DIM,
-        num_heads=HEADS,
-        kv_in_dim=KV,
-        rope_k_repeat=True,
-        feat_sizes=(SIDE, SIDE),
-        dropout=0.0,
-    ).eval()
+    stock = RoPEAttention(**ATTN_KW).eval()
     stock.load_state_dict(attn.state_dict())
     q, k, v = _inputs()
     with torch.no_grad():
