@@ -65,7 +65,7 @@ def test_merge_and_export_round_trip(make_tiny, images, tmp_path):
     state = torch.load(path, weights_only=True)["model"]
     assert not any("lora_" in k or "base_layer" in k for k in state)
     assert "image_encoder.trunk.blocks.0.attn.qkv.weight" in state
-    assert not list(tmp_path.glob("sub/.*.tmp"))  # atomic write left no temp file
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["merged.pt"]  # atomic write left no temp file
     assert lora_module_names(net)  # the live model still has its adapters
 
     reloaded = build_pathseqsam(model="tiny", image_size=128, checkpoint=path, lora_rank=0).eval()
