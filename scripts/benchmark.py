@@ -14,9 +14,9 @@ All three use the same weights with LoRA merged (``pathseqsam.merge_lora``), as 
 
 Each (variant, N) runs in a fresh subprocess, so peak memory is not polluted by earlier runs:
 on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size sampled every
-2 ms during one extra forward, minus the size before it (workers run with
+2 ms during one forward, minus the size before it (workers run with
 ``MALLOC_MMAP_THRESHOLD_`` lowered so freed tensors go back to the OS and RSS tracks live memory).
-Timing runs are separate, without the sampler.
+Timing runs in the parent process, without the sampler, all variants interleaved repeat by repeat.
 
 Example::
 
@@ -126,51 +126,79 @@ def _run_stock(stock, images: torch.Tensor):
         yield out["pred_masks_high_res"]
 
 
-def worker(args) -> dict:
-    device = torch.device(args.device)
+def _runners(args) -> dict:
+    """variant -> run(x, positions); every variant streams (each slice's result is dropped, as a
+    writer of per-slice outputs would), so what is measured is the model's own working memory."""
     net = _build(args)
-    # Every variant streams: each slice's result is consumed and dropped, as a writer of per-slice
-    # outputs would, so what is measured is the model's own working memory.
-    if args.variant == "encoder":
-        stream = lambda x, p: (net.forward_image(x[:, :, t]) for t in range(x.shape[2]))  # noqa: E731
-    elif args.variant == "sam2":
-        stock = _stock_sam2(net, args)
-        del net
-        stream = lambda x, p: _run_stock(stock, x)  # noqa: E731
-    else:
-        stream = lambda x, p: net.iter_slices(x, positions=p)  # noqa: E731
+    stock = _stock_sam2(net, args)
 
-    def run(x, p):
-        for _ in stream(x, p):
+    def consume(stream) -> None:
+        for _ in stream:
             pass
 
+    return {
+        "encoder": lambda x, p: consume(net.forward_image(x[:, :, t]) for t in range(x.shape[2])),
+        "sam2": lambda x, p: consume(_run_stock(stock, x)),
+        "pathseqsam": lambda x, p: consume(net.iter_slices(x, positions=p)),
+    }
+
+
+def _inputs(args, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 3, args.n, args.image_size, args.image_size, generator=g).to(device)
-    pos = (torch.arange(args.n, dtype=torch.float32) * 4.0)[None].to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.inference_mode(), autocast:
+    x = torch.randn(1, 3, n, args.image_size, args.image_size, generator=g).to(args.device)
+    return x, (torch.arange(n, dtype=torch.float32) * 4.0)[None].to(args.device)
+
+
+def _context(args):
+    device = torch.device(args.device)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
+
+
+def _sync(args) -> None:
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def memory_worker(args) -> dict:
+    """Peak working memory of one variant at one length (run in a fresh process)."""
+    run = _runners(args)[args.variant]
+    x, pos = _inputs(args, args.n)
+    cuda = torch.device(args.device).type == "cuda"
+    with torch.inference_mode(), _context(args):
         run(x[:, :, : min(args.n, 2)], pos[:, : min(args.n, 2)])  # warm-up (allocator, kernels)
-        sync()
-        if device.type == "cuda":
+        _sync(args)
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        times = []
-        for _ in range(args.repeats):  # timing without the memory sampler (it would contend for the GIL)
-            t0 = time.perf_counter()
-            run(x, pos)
-            sync()
-            times.append(time.perf_counter() - t0)
         with PeakRSS() as rss:
             run(x, pos)
-            sync()
-    peak = (torch.cuda.max_memory_allocated() - base) if device.type == "cuda" else (rss.peak - rss.start)
-    return {
-        "variant": args.variant,
-        "n": args.n,
-        "s_per_slice": statistics.median(times) / args.n,
-        "peak_bytes": peak,
-    }
+            _sync(args)
+    peak = (torch.cuda.max_memory_allocated() - base) if cuda else (rss.peak - rss.start)
+    return {"variant": args.variant, "n": args.n, "peak_bytes": peak}
+
+
+def time_variants(args) -> dict:
+    """Seconds per slice, variants interleaved repeat by repeat (A B C A B C ...) in one process, so
+    a drift of the machine's speed hits all of them alike; ratios are taken pair by pair."""
+    runners = _runners(args)
+    out = {}
+    for n in args.lengths:
+        x, pos = _inputs(args, n)
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        with torch.inference_mode(), _context(args):
+            for v in VARIANTS:
+                runners[v](x[:, :, : min(n, 2)], pos[:, : min(n, 2)])  # warm-up
+            for _ in range(args.repeats):
+                for v in VARIANTS:
+                    t0 = time.perf_counter()
+                    runners[v](x, pos)
+                    _sync(args)
+                    times[v].append((time.perf_counter() - t0) / n)
+        out[n] = {v: statistics.median(times[v]) for v in VARIANTS}
+        out[n]["pss/sam2"] = statistics.median(a / b for a, b in zip(times["pathseqsam"], times["sam2"]))
+        out[n]["pss/enc"] = statistics.median(a / b for a, b in zip(times["pathseqsam"], times["encoder"]))
+        print(f"timed N={n}", file=sys.stderr)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpoint", default=None, help="official SAM2 .pt (optional; weights do not change cost)"
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[4, 16, 64])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the CUDA path)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -192,14 +220,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.variant:  # child process
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        print("RESULT " + json.dumps(memory_worker(args)), flush=True)
         return
 
+    timing = time_variants(args)
     results = {}
     total = len(VARIANTS) * len(args.lengths)
     for i, (n, variant) in enumerate((n, v) for n in args.lengths for v in VARIANTS):
         cmd = [sys.executable, __file__, "--variant", variant, "--n", str(n), "--model", args.model]
-        cmd += ["--image-size", str(args.image_size), "--repeats", str(args.repeats), "--device", args.device]
+        cmd += ["--image-size", str(args.image_size), "--device", args.device]
         cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
         cmd += ["--bf16"] if args.bf16 else []
         t0 = time.time()
@@ -220,11 +249,11 @@ def main(argv: list[str] | None = None) -> None:
         f" | {'enc MiB':>8} {'sam2 MiB':>8} {'pss MiB':>8}"
     )
     for n in args.lengths:
-        e, s, p = (results[(v, n)] for v in VARIANTS)
+        t = timing[n]
+        e, sm, p = (results[(v, n)]["peak_bytes"] / mib for v in VARIANTS)
         print(
-            f"{n:>4} | {1e3 * e['s_per_slice']:>16.2f} {1e3 * s['s_per_slice']:>14.2f} {1e3 * p['s_per_slice']:>19.2f} | "
-            f"{p['s_per_slice'] / s['s_per_slice']:>8.3f} {p['s_per_slice'] / e['s_per_slice']:>8.3f} | "
-            f"{e['peak_bytes'] / mib:>8.1f} {s['peak_bytes'] / mib:>8.1f} {p['peak_bytes'] / mib:>8.1f}"
+            f"{n:>4} | {1e3 * t['encoder']:>16.2f} {1e3 * t['sam2']:>14.2f} {1e3 * t['pathseqsam']:>19.2f} | "
+            f"{t['pss/sam2']:>8.3f} {t['pss/enc']:>8.3f} | {e:>8.1f} {sm:>8.1f} {p:>8.1f}"
         )
     lo, hi = min(args.lengths), max(args.lengths)
     for v in VARIANTS:
@@ -232,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"peak memory {v:>10}: N={hi} / N={lo} = {b / max(a, 1):.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([results[k] for k in sorted(results)], f, indent=2)
+            json.dump(
+                {"timing_s_per_slice": timing, "memory": [results[k] for k in sorted(results)]}, f, indent=2
+            )
 
 
 if __name__ == "__main__":
