@@ -87,15 +87,10 @@ def _build(args):
 
 def _stock_sam2(net, args):
     """SAM2Base of the same config with the same weights (LoRA merged away)."""
-    from hydra.utils import instantiate
-    from sam2.modeling.sam2_base import SAM2Base
-
-    from pathseqsam.modeling.build import MODEL_CONFIGS, _compose, sam2_hydra_overrides
+    from pathseqsam.modeling.build import instantiate_sam2
     from pathseqsam.modeling.lora import merged_state_dict
 
-    cfg = _compose(args.model, sam2_hydra_overrides(args.model, args.image_size, pathseqsam_class=False))
-    assert MODEL_CONFIGS[args.model]
-    stock: SAM2Base = instantiate(cfg.model, _recursive_=True)
+    stock = instantiate_sam2(args.model, args.image_size, pathseqsam_class=False)
     state = {k: v for k, v in merged_state_dict(net).items() if not k.startswith("distance_kernel.")}
     stock.load_state_dict(state, strict=True)
     return stock.to(args.device).eval()

@@ -121,13 +121,13 @@ class TrainingCurves:
         self.output_dir, self.validator, self.metric_name = Path(output_dir), validator, metric_name
         self.losses: dict[int, list[float]] = {}
         self.metrics: dict[int, float] = {}
+        self._pending: float | None = None  # validator metric not yet assigned to an epoch
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._loss)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
         if self.validator is not None:
             self.validator.add_event_handler(Events.COMPLETED, self._validated)
-        self._pending: float | None = None
 
     def _loss(self, engine: Engine) -> None:
         self.losses.setdefault(engine.state.epoch, []).append(_loss(engine))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ from pathseqsam.modeling.checkpoint import load_sam2_checkpoint
 from pathseqsam.modeling.lora import apply_lora, configure_trainable, trainable_summary
 from pathseqsam.modeling.network import PathSeqSAM
 
-__all__ = ["MODEL_CONFIGS", "TINY_OVERRIDES", "build_pathseqsam", "sam2_hydra_overrides"]
+__all__ = ["MODEL_CONFIGS", "TINY_OVERRIDES", "build_pathseqsam", "instantiate_sam2", "sam2_hydra_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +99,36 @@ def sam2_hydra_overrides(model: str, image_size: int, pathseqsam_class: bool = T
     return overrides
 
 
-def _compose(model: str, overrides: Sequence[str]):
+def instantiate_sam2(
+    model: str, image_size: int, pathseqsam_class: bool = True, **kwargs: Any
+) -> torch.nn.Module:
+    """Compose SAM2's Hydra config for ``model`` at ``image_size`` and instantiate it (random weights).
+
+    Args:
+        model: a key of :data:`MODEL_CONFIGS`.
+        image_size: model input size (multiple of 32).
+        pathseqsam_class: build PathSeqSAM (True) or SAM2's own ``SAM2Base`` (False, for comparisons).
+        **kwargs: extra constructor arguments (PathSeqSAM's settings).
+
+    Returns:
+        The model.
+    """
     import sam2  # noqa: F401  (initialises SAM2's Hydra config module)
     from hydra import compose
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = compose(config_name=MODEL_CONFIGS[model], overrides=list(overrides))
+    overrides = sam2_hydra_overrides(model, image_size, pathseqsam_class=pathseqsam_class)
+    cfg = compose(config_name=MODEL_CONFIGS[model], overrides=overrides)
     OmegaConf.resolve(cfg)
-    return cfg
+    try:
+        return instantiate(cfg.model, _recursive_=True, **kwargs)
+    except InstantiationException as err:
+        # Hydra wraps our own argument errors; surface them as they were raised
+        if isinstance(err.__cause__, (ValueError, TypeError)):
+            raise err.__cause__ from None
+        raise
 
 
 def build_pathseqsam(
@@ -156,28 +179,18 @@ def build_pathseqsam(
     Returns:
         The network, in train mode, with ``requires_grad`` set as described.
     """
-    cfg = _compose(model, sam2_hydra_overrides(model, image_size))
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        net: PathSeqSAM = instantiate(
-            cfg.model,
-            _recursive_=True,
-            memory_k=memory_k,
-            memory_selection=memory_selection,
-            memory_pool_size=memory_pool_size,
-            distance_mode=distance_mode,
-            distance_unit_um=distance_unit_um,
-            distance_lambda_init=distance_lambda_init,
-            multimask_output=multimask_output,
-            encoder_chunk=encoder_chunk,
-        )
-    except InstantiationException as err:
-        # Hydra wraps our own argument errors; surface them as they were raised
-        if isinstance(err.__cause__, (ValueError, TypeError)):
-            raise err.__cause__ from None
-        raise
+    net: PathSeqSAM = instantiate_sam2(
+        model,
+        image_size,
+        memory_k=memory_k,
+        memory_selection=memory_selection,
+        memory_pool_size=memory_pool_size,
+        distance_mode=distance_mode,
+        distance_unit_um=distance_unit_um,
+        distance_lambda_init=distance_lambda_init,
+        multimask_output=multimask_output,
+        encoder_chunk=encoder_chunk,
+    )
     if checkpoint is not None:
         load_sam2_checkpoint(net, checkpoint)
         logger.info("loaded SAM2 weights from %s", checkpoint)
