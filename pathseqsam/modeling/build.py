@@ -164,7 +164,8 @@ def build_pathseqsam(
         lora_alpha: LoRA alpha (default ``2 * lora_rank``).
         lora_dropout: dropout of the LoRA branch.
         memory_k: K of Eq. 2 (paper: 5).
-        memory_selection: ``"topk"`` (Eq. 2) or ``"last"`` (SAM2's last-N frames).
+        memory_selection: ``"topk"`` (Eq. 2), ``"last"`` (SAM2's last-N frames) or ``"none"`` (no
+            memory: every slice segmented alone, SAM2 per slice; memory-only parameters frozen).
         memory_pool_size: candidate slices kept in memory (bounds memory for long sequences).
         distance_mode: ``"multiplicative"`` (Eq. 1), ``"additive"`` or ``"none"``.
         distance_unit_um: micrometres per distance unit; set it to the typical slice spacing

@@ -80,11 +80,16 @@ def configure_trainable(
 ) -> None:
     """Set ``requires_grad``: image encoder frozen except LoRA, everything else trainable.
 
+    Parameters a setting makes unused stay frozen: lambda with ``distance_mode="none"``, the memory
+    path (:data:`~pathseqsam.modeling.network.MEMORY_ONLY_PARAMETERS`) with ``memory_selection="none"``.
+
     Args:
         model: the network (with or without LoRA).
         train_image_encoder: fine-tune the whole image encoder instead (no LoRA needed).
         frozen: extra name prefixes to freeze (e.g. ``["sam_prompt_encoder"]``).
     """
+    from pathseqsam.modeling.network import MEMORY_ONLY_PARAMETERS
+
     frozen = tuple(frozen)
     for name, p in model.named_parameters():
         if "lora_" in name:
@@ -97,6 +102,8 @@ def configure_trainable(
             trainable = False
         if name == "distance_kernel.raw_lambda" and getattr(model, "distance_mode", None) == "none":
             trainable = False  # unused in the "none" ablation
+        if getattr(model, "memory_selection", None) == "none" and name.startswith(MEMORY_ONLY_PARAMETERS):
+            trainable = False  # no memory: these never reach the mask logits
         p.requires_grad_(trainable)
 
 

@@ -41,9 +41,24 @@ from pathseqsam.modeling.distance_attention import (
     pairwise_distances,
 )
 
-__all__ = ["MEMORY_SELECTIONS", "PathSeqSAM"]
+__all__ = ["MEMORY_ONLY_PARAMETERS", "MEMORY_SELECTIONS", "PathSeqSAM"]
 
-MEMORY_SELECTIONS = ("topk", "last")
+MEMORY_SELECTIONS = ("topk", "last", "none")
+
+# Parameter-name prefixes that only serve the memory path: with ``memory_selection="none"`` they
+# never reach the mask logits, so :func:`pathseqsam.modeling.lora.configure_trainable` freezes them
+# (honest trainable-parameter counts; no optimizer state for weights that cannot learn).
+MEMORY_ONLY_PARAMETERS = (
+    "memory_attention.",
+    "memory_encoder.",
+    "maskmem_tpos_enc",
+    "no_mem_pos_enc",
+    "obj_ptr_proj.",
+    "obj_ptr_tpos_proj.",
+    "no_obj_ptr",
+    "no_obj_embed_spatial",
+    "distance_kernel.",
+)
 
 
 class PathSeqSAM(SAM2Base):
@@ -52,8 +67,10 @@ class PathSeqSAM(SAM2Base):
     Args:
         *args: SAM2Base arguments (image_encoder, memory_attention, memory_encoder, ...).
         memory_k: K of Eq. 2, the number of earlier slices kept in memory (paper: 5).
-        memory_selection: ``"topk"`` (Eq. 2) or ``"last"`` (SAM2's stock last ``num_maskmem - 1``
-            frames and last ``max_obj_ptrs_in_encoder - 1`` object pointers; for ablations).
+        memory_selection: ``"topk"`` (Eq. 2), ``"last"`` (SAM2's stock last ``num_maskmem - 1``
+            frames and last ``max_obj_ptrs_in_encoder - 1`` object pointers; for ablations) or
+            ``"none"`` (every slice is segmented on its own, as a first frame: SAM2 per slice, the
+            baseline without memory; ``memory_k`` and the distance settings are then unused).
         memory_pool_size: candidate slices kept in the bank (bounds memory for long sequences).
         distance_mode: ``"multiplicative"`` (Eq. 1), ``"additive"`` or ``"none"``.
         distance_unit_um: micrometres per distance unit in ``phi(d) = exp(-lambda d^2)``; set it to
@@ -270,7 +287,8 @@ class PathSeqSAM(SAM2Base):
         best_iou = ious.max(dim=-1).values.float()
         obj_logit = obj_logits[:, 0].float()
 
-        if t < n - 1 and self.num_maskmem > 0:  # the last slice's memory would never be read
+        # the last slice's memory would never be read; without memory nothing is ever read
+        if t < n - 1 and self.num_maskmem > 0 and self.memory_selection != "none":
             mem_feat, mem_pos = self._encode_new_memory(
                 current_vision_feats=feats,
                 feat_sizes=feat_sizes,
