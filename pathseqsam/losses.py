@@ -112,6 +112,17 @@ class PathSeqSAMLoss(nn.Module):
             raise TypeError(
                 "PathSeqSAMLoss needs the network's return_aux=True dict (keys logits, object_score_logits, ...)"
             )
+        needed = {"consistency": "image_features", "object": "object_score_logits", "iou": "iou_predictions"}
+        missing = [
+            f"{key} ({term}_weight)"
+            for term, key in needed.items()
+            if self.weights[term] and key not in output
+        ]
+        if missing:
+            raise KeyError(
+                f"PathSeqSAMLoss: the network output has no {', '.join(missing)}; a network without SAM2's "
+                "heads (e.g. a 2D baseline) must be trained with those weights set to 0"
+            )
         logits = output["logits"].float()
         if logits.ndim == 4:  # [B, 1, H, W] single slices
             logits, label = logits.unsqueeze(2), label.unsqueeze(2)
