@@ -21,7 +21,14 @@ from monai.metrics import CumulativeIterationMetric
 from scipy import ndimage
 from torch import Tensor
 
-__all__ = ["ObjectF1Metric", "match_objects", "per_slice_output", "slice_names_for_saver", "summarise"]
+__all__ = [
+    "ObjectF1Metric",
+    "match_objects",
+    "per_slice_output",
+    "pooled_f1",
+    "slice_names_for_saver",
+    "summarise",
+]
 
 
 def _split_slices(x: Any) -> list[Tensor]:
@@ -139,8 +146,13 @@ class ObjectF1Metric(CumulativeIterationMetric):
         if not isinstance(counts, Tensor) or counts.numel() == 0:
             return torch.tensor(float("nan"))
         tp, fp, fn = counts.reshape(-1, 3).sum(0)
-        denom = 2 * tp + fp + fn
-        return (2 * tp / denom) if denom > 0 else torch.tensor(1.0)
+        return torch.tensor(pooled_f1(float(tp), float(fp), float(fn)))
+
+
+def pooled_f1(tp: float, fp: float, fn: float) -> float:
+    """Object F1 from counts pooled over slices: ``2 TP / (2 TP + FP + FN)``; 1 when there is nothing at all."""
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom > 0 else 1.0
 
 
 def summarise(values: Tensor | np.ndarray | Sequence[float]) -> dict[str, float]:

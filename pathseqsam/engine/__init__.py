@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathseqsam.engine.budget import WallTimeBudget
 from pathseqsam.engine.handlers import (
     AtomicCheckpointSaver,
     NaNLossGuard,
@@ -10,6 +11,7 @@ from pathseqsam.engine.handlers import (
     TrainingCurves,
     ValidationSummary,
 )
+from pathseqsam.engine.patch_table import PerPatchSaver
 from pathseqsam.engine.prepare_batch import SequencePrepareBatch
 from pathseqsam.engine.setup import latest_checkpoint, prepare_datalist, resume_from_latest
 from pathseqsam.engine.writers import SaveSequencePredictiond
@@ -18,11 +20,13 @@ __all__ = [
     "AtomicCheckpointSaver",
     "NaNLossGuard",
     "OverlaySaver",
+    "PerPatchSaver",
     "ProgressLogger",
     "SaveSequencePredictiond",
     "SequencePrepareBatch",
     "TrainingCurves",
     "ValidationSummary",
+    "WallTimeBudget",
     "latest_checkpoint",
     "prepare_datalist",
     "resume_from_latest",
