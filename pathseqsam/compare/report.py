@@ -55,6 +55,9 @@ REPORT_COLUMNS = (
     "description",
 )
 
+# the variant without memory: its clean-vs-degraded gap is what memory could win back
+NO_MEMORY_VARIANT = "sam2_per_slice"
+
 # below this many paired patches no difference is called resolved (a bootstrap of a handful of
 # values gives intervals that are far too narrow)
 MIN_PATCHES = 10
@@ -262,6 +265,20 @@ def write_report_md(
             "over what the model already segments on the clean neighbours of a degraded slice: while clean-slice "
             "Dice is low, a gain on degraded slices is not to be expected.",
         ]
+        per_slice = next((r for r in rows if r["variant"] == NO_MEMORY_VARIANT), None)
+        if per_slice is not None and per_slice["degraded_dice_n"] and per_slice["clean_dice_n"]:
+            gap = per_slice["clean_dice_mean"] - per_slice["degraded_dice_mean"]
+            lines.append(
+                f"- Without memory (`{NO_MEMORY_VARIANT}`) degraded slices score "
+                f"{_pct(per_slice['degraded_dice_mean'])} and clean ones {_pct(per_slice['clean_dice_mean'])}: "
+                f"a gap of {100 * gap:.2f} Dice points, "
+                + (
+                    "about the most that memory can win back on degraded slices here."
+                    if gap > 0
+                    else "so degraded slices are not harder than clean ones for this model: memory has nothing "
+                    "to win back on them here."
+                )
+            )
     lines += ["", "## Plots", ""]
     lines += [f"- {title}: `{rel}`" for title, rel in plots.items()]
     lines += [

@@ -10,8 +10,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from pathseqsam.compare.report import comparisons, report_rows
+from pathseqsam.compare.report import comparisons, report_rows, write_report_md
 from pathseqsam.compare.stats import (
+    PatchTable,
     damage_kinds,
     paired_difference,
     read_per_patch,
@@ -207,3 +208,48 @@ def test_per_patch_table_errors_name_the_file(tmp_path):
     rows = [{"patch": "c/0", "case": "c", "slice_index": 0, "degraded": 0, "dice": "high", "tp": 1}]
     with pytest.raises(ValueError, match=r"t\.csv, line 2: column 'dice' is not a number: 'high'"):
         read_per_patch(_write_table(tmp_path / "t.csv", rows))
+
+
+def _table(dice, degraded) -> PatchTable:
+    n = len(dice)
+    return PatchTable(
+        patch=[f"c/{i}" for i in range(n)],
+        case=["c"] * n,
+        slice_index=np.arange(n),
+        degraded=np.asarray(degraded, dtype=float),
+        dice=np.asarray(dice, dtype=float),
+        counts=np.ones((n, 3)),
+        quality=[("clean",) if d == 0 else ("fold",) for d in degraded],
+    )
+
+
+def test_markdown_verdicts_say_what_the_numbers_support(tmp_path):
+    rng = np.random.default_rng(0)
+    degraded = [0, 1] * 10  # 10 degraded, 10 clean patches
+    base = np.repeat(rng.uniform(0.5, 0.9, 10), 2)  # each clean patch paired with an equal degraded one
+    tables = {
+        "pathseqsam": _table(base + 0.05, degraded),  # better by 0.05 on every patch: resolved
+        "sam2_per_slice": _table(base - np.where(np.array(degraded) == 1, 0.2, 0.0), degraded),
+        "noisy": _table(base + rng.normal(0, 0.2, 20), degraded),  # no consistent difference
+    }
+    results = [
+        {"variant": v, "group": "x", "overlays": [], "description": v, "epochs": 2, "max_epochs": 2}
+        | {"stopped_by_budget": False, "train_seconds": 61.0, "eval_seconds": 1.0}
+        | {"params_trainable": 10, "params_total": 20, "best_val_dice": None}
+        for v in tables
+    ]
+    rows = report_rows(results, tables)
+    gains = comparisons("pathseqsam", tables, ["sam2_per_slice", "noisy"])
+    path = write_report_md(tmp_path / "r.md", rows, gains, "pathseqsam", {"command": "`x`"}, {"p": "p.png"})
+    text = path.read_text()
+    assert "- all slices: pathseqsam gains +" in text
+    assert "the 95% interval excludes 0: a difference this run resolves" in text
+    assert "the 95% interval includes 0: no difference this run can resolve" in text  # vs noisy
+    assert "| 1 min 01 s | 10 / 20 |" in text and "| n/a | 2/2 |" in text  # best val Dice missing
+    # the per-slice model's clean-vs-degraded gap: 0.2 by construction
+    assert "a gap of 20.00 Dice points" in text
+    few = comparisons(
+        "pathseqsam", {k: _table(t.dice[:4], degraded[:4]) for k, t in tables.items()}, ["noisy"]
+    )
+    text = write_report_md(tmp_path / "f.md", rows, few, "pathseqsam", {}, {}).read_text()
+    assert "too few patches (fewer than 10)" in text
