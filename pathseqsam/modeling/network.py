@@ -114,6 +114,8 @@ class PathSeqSAM(SAM2Base):
         self.memory_pool_size = memory_pool_size
         self.distance_unit_um = float(distance_unit_um)
         self.multimask_output = multimask_output
+        # see _segment_slice: train the mask head on SAM2's ungated logits (evaluation is unchanged)
+        self.ungated_training_masks = True
         self.encoder_chunk = encoder_chunk
         self.distance_kernel = DistanceKernel(distance_mode, distance_lambda_init)
         if distance_mode != "none":
@@ -277,12 +279,30 @@ class PathSeqSAM(SAM2Base):
                 and (t == 0 or self.multimask_output_for_tracking)
                 and self.multimask_min_pt_num <= n_pts <= self.multimask_max_pt_num
             )
-        _, _, ious, _, high_res_masks, obj_ptr, obj_logits = self._forward_sam_heads(
-            backbone_features=pix_feat,
-            point_inputs=point_inputs,
-            mask_inputs=None,
-            high_res_features=high_res if self.use_high_res_features_in_sam else None,
-            multimask_output=multimask,
+        # SAM2 overwrites the mask logits with -1024 wherever the object score is negative (a hard
+        # torch.where): a slice with a glomerulus whose object score dips below 0 then sends no
+        # gradient to the mask head, and prompt-free training from scratch collapses in spikes. In
+        # training the loss therefore sees the decoder's ungated masks (captured by a hook, same
+        # selection and upsampling as SAM2); memory and evaluation keep SAM2's gated ones.
+        captured: dict[str, Tensor] = {}
+        hook = None
+        if self.training and self.pred_obj_scores and self.ungated_training_masks:
+            hook = self.sam_mask_decoder.register_forward_hook(
+                lambda _module, _inputs, output: captured.update(masks=output[0])
+            )
+        try:
+            _, _, ious, _, high_res_masks, obj_ptr, obj_logits = self._forward_sam_heads(
+                backbone_features=pix_feat,
+                point_inputs=point_inputs,
+                mask_inputs=None,
+                high_res_features=high_res if self.use_high_res_features_in_sam else None,
+                multimask_output=multimask,
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
+        logits = (
+            high_res_masks if not captured else self._upsample_best_mask(captured["masks"], ious, multimask)
         )
         best_iou = ious.max(dim=-1).values.float()
         obj_logit = obj_logits[:, 0].float()
@@ -314,10 +334,20 @@ class PathSeqSAM(SAM2Base):
                     is_cond=is_cond,
                 )
             )
-        out = {"logits": high_res_masks, "object_score_logits": obj_logit, "iou_predictions": best_iou}
+        out = {"logits": logits, "object_score_logits": obj_logit, "iou_predictions": best_iou}
         if return_aux:
             out.update(descriptors=desc, image_features=top, memory_indices=mem_slices)
         return out
+
+    def _upsample_best_mask(self, multimasks: Tensor, ious: Tensor, multimask: bool) -> Tensor:
+        """SAM2's mask selection and upsampling (``_forward_sam_heads``) applied to ungated masks."""
+        masks = multimasks.float()
+        if multimask:
+            best = torch.argmax(ious, dim=-1)
+            masks = masks[torch.arange(masks.shape[0], device=masks.device), best].unsqueeze(1)
+        return F.interpolate(
+            masks, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
 
     def _no_memory_features(
         self, feats: list[Tensor], vpos: list[Tensor], feat_sizes: list[tuple[int, int]]

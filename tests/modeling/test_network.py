@@ -8,8 +8,9 @@ from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 
 def test_sequence_shapes_and_aux(make_tiny, images):
-    net = make_tiny()
-    out = net(images, positions=torch.zeros(2, 4, 2), return_aux=True)
+    net = make_tiny().eval()
+    with torch.no_grad():
+        out = net(images, positions=torch.zeros(2, 4, 2), return_aux=True)
     assert out["logits"].shape == (2, 1, 4, 128, 128)
     assert out["object_score_logits"].shape == (2, 4)
     assert out["iou_predictions"].shape == (2, 4)
@@ -23,6 +24,38 @@ def test_sequence_shapes_and_aux(make_tiny, images):
                 assert torch.all(logits[b, 0, t] == NO_OBJ_SCORE)
             else:
                 assert torch.all(logits[b, 0, t] > NO_OBJ_SCORE)
+
+
+def test_training_sees_ungated_masks(make_tiny, images):
+    """In training the logits are the decoder's raw masks (upsampled), not SAM2's -1024 wherever the
+    object score is negative; eval mode keeps SAM2's gating. Checked against the decoder's output
+    captured independently, on a network whose object score is forced negative."""
+    net = make_tiny(seed=1)
+    with torch.no_grad():
+        net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(-50.0)
+    raw = []  # (masks [B, M, h, w], ious [B, M]) per slice
+    hook = net.sam_mask_decoder.register_forward_hook(
+        lambda _m, _i, out: raw.append((out[0].detach(), out[1].detach()))
+    )
+    torch.manual_seed(0)
+    out = net(images[:1, :, :2], return_aux=True)
+    hook.remove()
+    assert (out["object_score_logits"] < 0).all()
+    assert raw[0][0].shape[1] == 3  # SAM2.1: 3 masks, picked by the IoU head
+    best = [m[:, int(iou.argmax())][:, None] for m, iou in raw]  # highest predicted IoU, as SAM2
+    expected = torch.stack(
+        [torch.nn.functional.interpolate(m.float(), size=(128, 128), mode="bilinear") for m in best], dim=2
+    )
+    torch.testing.assert_close(out["logits"].detach(), expected)
+    assert (out["logits"] > NO_OBJ_SCORE).all()
+    out["logits"].mean().backward()  # the mask head learns even while the object score says "none"
+    grad = net.sam_mask_decoder.output_upscaling[0].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+    net.eval()
+    with torch.no_grad():
+        gated = net(images[:1, :, :2])
+    assert torch.all(gated == NO_OBJ_SCORE)
 
 
 def test_single_slice_inputs(make_tiny):
