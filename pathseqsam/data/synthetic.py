@@ -55,7 +55,12 @@ from pathseqsam.data.synthetic_degrade import (
     choose_degraded_sections,
     sample_degradation,
 )
-from pathseqsam.data.synthetic_tissue import concentrations_to_rgb, make_tissue_block, render_section
+from pathseqsam.data.synthetic_tissue import (
+    DIFFICULTIES,
+    concentrations_to_rgb,
+    make_tissue_block,
+    render_section,
+)
 
 __all__ = [
     "SYNTHETIC_CLASS",
@@ -112,7 +117,7 @@ def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
     n = int(rng.integers(lo, hi + 1))
     z_px = _section_depths(rng, n, task["spacing_um"], mpp)
     z_um = z_px * mpp
-    block = make_tissue_block(rng, field_um, (float(z_um[0]), float(z_um[-1])))
+    block = make_tissue_block(rng, field_um, (float(z_um[0]), float(z_um[-1])), task["difficulty"])
     degraded = set(choose_degraded_sections(rng, n, task["degraded_fraction"]))
 
     case_dir = root / "Task1_patch_level" / _SPLIT_FOLDERS[split] / SYNTHETIC_CLASS / name
@@ -244,6 +249,7 @@ def generate_synthetic_dataset(
     field_um: float = 512.0,
     spacing_um: tuple[float, float] = (3.0, 7.0),
     degraded_fraction: float = 0.3,
+    difficulty: str = "realistic",
     jpeg_quality: int = 90,
     stacks: bool = True,
     contact_sheet: bool = True,
@@ -262,6 +268,9 @@ def generate_synthetic_dataset(
         field_um: side of the field of view in um.
         spacing_um: range of the section spacing in um.
         degraded_fraction: fraction of damaged sections per case (at most 0.5; never two neighbours).
+        difficulty: ``"realistic"`` (every hard negative) or ``"easy"`` (no inflammatory infiltrates or
+            arterioles, glomeruli centred in the stack; the bundle's CPU demo set), see
+            :func:`pathseqsam.data.synthetic_tissue.make_tissue_block`. Damage is the same in both.
         jpeg_quality: quality of the image JPEGs (masks use 95).
         stacks: also write the OME-TIFF and NIfTI stacks and their datalists.
         contact_sheet: write ``contact_sheet.png`` for the validation case (else any case) with glomeruli
@@ -283,6 +292,8 @@ def generate_synthetic_dataset(
     section_range = _parse_sections(sections)
     if not 0 < spacing_um[0] <= spacing_um[1]:
         raise ValueError(f"spacing_um must be (min, max) with 0 < min <= max, got {spacing_um}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
     out = Path(out_dir).absolute()
     _prepare_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +311,7 @@ def generate_synthetic_dataset(
             "sections": section_range,
             "spacing_um": (float(spacing_um[0]), float(spacing_um[1])),
             "degraded_fraction": float(degraded_fraction),
+            "difficulty": difficulty,
             "jpeg_quality": int(jpeg_quality),
             "stacks": bool(stacks),
         }
@@ -340,6 +352,7 @@ def generate_synthetic_dataset(
             "sections": list(section_range),
             "spacing_um": list(spacing_um),
             "degraded_fraction": float(degraded_fraction),
+            "difficulty": difficulty,
             "contact_sheet_case": sheet_case,
             "kpis_reader": {
                 "offset_order": "xy",
@@ -386,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--field-um", type=float, default=512.0)
     parser.add_argument("--spacing-um", type=float, nargs=2, default=(3.0, 7.0), metavar=("MIN", "MAX"))
     parser.add_argument("--degraded-fraction", type=float, default=0.3)
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="realistic")
     parser.add_argument("--no-stacks", action="store_true", help="skip the TIFF/NIfTI stacks")
     parser.add_argument("--no-contact-sheet", action="store_true")
     parser.add_argument("--workers", type=int, default=1)
@@ -402,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             field_um=args.field_um,
             spacing_um=tuple(args.spacing_um),
             degraded_fraction=args.degraded_fraction,
+            difficulty=args.difficulty,
             stacks=not args.no_stacks,
             contact_sheet=not args.no_contact_sheet,
             workers=args.workers,

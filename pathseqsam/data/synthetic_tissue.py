@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "DIFFICULTIES",
     "Glomerulus",
     "SectionRender",
     "TissueBlock",
@@ -55,6 +56,8 @@ TUFT, CAPILLARY_LUMEN, BOWMAN_SPACE, CAPSULE, VESSEL_WALL, VESSEL_LUMEN, ELASTIC
 )
 INFILTRATE = 13  # interstitium crowded with inflammatory cells
 N_COMPARTMENTS = 14
+
+DIFFICULTIES = ("realistic", "easy")
 
 # Tube kinds.
 PROXIMAL, DISTAL, COLLECTING, ARTERIOLE = 0, 1, 2, 3
@@ -234,9 +237,13 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def _place_glomeruli(
-    rng: np.random.Generator, field_um: float, z_range: tuple[float, float]
+    rng: np.random.Generator, field_um: float, z_range: tuple[float, float], easy: bool = False
 ) -> list[Glomerulus]:
-    count = int(rng.choice([0, 1, 2, 3, 4], p=[0.06, 0.30, 0.32, 0.20, 0.12]))
+    # easy: one to three glomeruli per block, centred within the sectioned depth (large profiles in
+    # most sections, few thin polar caps) with a wider Bowman's space. The same random draws are
+    # made in both modes, so only the values differ.
+    probs = [0.0, 0.4, 0.4, 0.2, 0.0] if easy else [0.06, 0.30, 0.32, 0.20, 0.12]
+    count = int(rng.choice([0, 1, 2, 3, 4], p=probs))
     placed: list[Glomerulus] = []
     for _ in range(count * 30):
         if len(placed) == count:
@@ -244,7 +251,7 @@ def _place_glomeruli(
         radius = rng.uniform(30.0, 58.0)
         axes = radius * rng.uniform(0.85, 1.15, size=3)
         # Centres may lie beyond the sectioned depth: such glomeruli appear or vanish along the stack.
-        margin = 0.35 * radius
+        margin = -0.25 * min(radius, 0.5 * (z_range[1] - z_range[0])) if easy else 0.35 * radius
         centre = np.array(
             [
                 rng.uniform(0.12, 0.88) * field_um,
@@ -260,7 +267,7 @@ def _place_glomeruli(
                 axes=axes,
                 rotation=_random_rotation(rng),
                 tuft_offset=rng.normal(0.0, 0.05 * radius, size=3),
-                bowman_um=float(rng.uniform(4.0, 8.0)),
+                bowman_um=float(rng.uniform(7.0, 11.0) if easy else rng.uniform(4.0, 8.0)),
                 capsule_ratio=float(rng.uniform(0.95, 0.97)),
             )
         )
@@ -342,19 +349,33 @@ def _stain_variation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return stains, amounts
 
 
-def make_tissue_block(rng: np.random.Generator, field_um: float, z_range: tuple[float, float]) -> TissueBlock:
+def make_tissue_block(
+    rng: np.random.Generator,
+    field_um: float,
+    z_range: tuple[float, float],
+    difficulty: str = "realistic",
+) -> TissueBlock:
     """Sample one case's tissue block.
 
     Args:
         rng: random generator (the block is a deterministic function of its state).
         field_um: side of the square field of view in um.
         z_range: (first, last) section depth in um.
+        difficulty: ``"realistic"`` (all hard negatives: inflammatory infiltrates, arterioles, thin
+            polar caps of glomeruli) or ``"easy"`` (no infiltrates or arterioles, glomeruli centred
+            in the stack with a wider Bowman's space: learnable by a small model trained from
+            scratch in minutes on a CPU, the bundle's demo set). Damage is the same in both.
 
     Returns:
         The :class:`TissueBlock`.
     """
-    glomeruli = _place_glomeruli(rng, field_um, z_range)
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    easy = difficulty == "easy"
+    glomeruli = _place_glomeruli(rng, field_um, z_range, easy)
     paths, radii, lumens, kinds = _grow_tubes(rng, field_um, z_range, glomeruli)
+    if easy:  # arterioles (round, ring-like hard negatives) drawn as proximal tubules
+        kinds = [PROXIMAL if k == ARTERIOLE else k for k in kinds]
     seg_a = np.concatenate([p[:-1] for p in paths])
     seg_b = np.concatenate([p[1:] for p in paths])
     seg_tube = np.concatenate([np.full(len(p) - 1, i) for i, p in enumerate(paths)])
@@ -390,7 +411,7 @@ def make_tissue_block(rng: np.random.Generator, field_um: float, z_range: tuple[
             float(ny),
             float(centre_proj + rng.uniform(0.3, 0.48) * field_um * (abs(nx) + abs(ny))),
         )
-    n_infiltrates = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.3, 0.25, 0.2]))
+    n_infiltrates = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.3, 0.25, 0.2])) * (not easy)
     infiltrates = np.column_stack(
         [
             rng.uniform(0.05, 0.95, size=(n_infiltrates, 2)) * field_um,

@@ -21,6 +21,8 @@ def prepare_datalist(
     seed: int = 0,
     image_size: int = 256,
     field_um: float = 256.0,
+    difficulty: str = "easy",
+    workers: int = 2,
 ) -> str:
     """Return the datalist of ``dataset_dir``; generate the synthetic demo set when the folder is empty.
 
@@ -32,6 +34,10 @@ def prepare_datalist(
         seed: demo seed.
         image_size: demo image size.
         field_um: demo field of view; 256 um at 256 px is 1 um per pixel, glomeruli 60-120 px across.
+        difficulty: demo difficulty (``"easy"``: no inflammatory infiltrates or arterioles, so the
+            randomly initialised CPU model learns it in minutes; ``"realistic"``: every hard negative),
+            see :func:`pathseqsam.data.synthetic.generate_synthetic_dataset`.
+        workers: processes rendering the demo cases (the result does not depend on it).
 
     Returns:
         Path of the datalist JSON.
@@ -52,9 +58,23 @@ def prepare_datalist(
         raise FileNotFoundError(f"{path} not found and {root} is empty")
     from pathseqsam.data.synthetic import generate_synthetic_dataset
 
-    logger.info("%s is empty: generating the synthetic demo set (%d cases, seed %d)", root, cases, seed)
+    logger.info(
+        "%s is empty: generating the synthetic demo set (%d cases, seed %d, %s)",
+        root,
+        cases,
+        seed,
+        difficulty,
+    )
     return str(
-        generate_synthetic_dataset(root, cases=cases, seed=seed, image_size=image_size, field_um=field_um)
+        generate_synthetic_dataset(
+            root,
+            cases=cases,
+            seed=seed,
+            image_size=image_size,
+            field_um=field_um,
+            difficulty=difficulty,
+            workers=workers,
+        )
     )
 
 

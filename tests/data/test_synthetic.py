@@ -282,3 +282,33 @@ def test_clean_sections_are_not_a_colour_threshold_task():
             p = x > t
             best = max(best, 2 * (p & m).sum() / (p.sum() + m.sum()))
     assert best < 0.7, best  # measured 0.64 here (128 px); 0.48 with 12 blocks at 256 px
+
+
+def test_easy_difficulty_drops_hard_negatives_and_keeps_realistic_blocks():
+    """``easy`` (the bundle's CPU demo): no infiltrates or arterioles, 1-3 glomeruli centred inside
+    the sectioned depth; ``realistic`` blocks are unchanged by the option (same draws, same values)."""
+    from pathseqsam.data.synthetic_tissue import ARTERIOLE
+
+    kinds_seen, counts = set(), []
+    for seed in range(8):
+        easy = make_tissue_block(np.random.default_rng(seed), 256.0, (0.0, 40.0), difficulty="easy")
+        assert len(easy.infiltrates) == 0
+        kinds_seen |= set(easy.tube_kind.tolist())
+        counts.append(len(easy.glomeruli))
+        for g in easy.glomeruli:
+            assert 0.0 <= g.centre[2] <= 40.0
+            assert 7.0 <= g.bowman_um <= 11.0
+        default = make_tissue_block(np.random.default_rng(seed), 256.0, (0.0, 40.0))
+        again = make_tissue_block(np.random.default_rng(seed), 256.0, (0.0, 40.0), difficulty="realistic")
+        np.testing.assert_array_equal(default.nuclei, again.nuclei)
+        assert [g.centre.tolist() for g in default.glomeruli] == [g.centre.tolist() for g in again.glomeruli]
+    assert ARTERIOLE not in kinds_seen
+    assert min(counts) >= 1 and max(counts) <= 3
+    # over these seeds the realistic generator does draw infiltrates, which easy leaves out
+    assert any(
+        len(make_tissue_block(np.random.default_rng(s), 256.0, (0.0, 40.0)).infiltrates) for s in range(8)
+    )
+    with pytest.raises(ValueError, match="difficulty must be one of"):
+        make_tissue_block(np.random.default_rng(0), 256.0, (0.0, 40.0), difficulty="hard")
+    with pytest.raises(ValueError, match="difficulty must be one of"):
+        generate_synthetic_dataset("unused", difficulty="hard")
