@@ -1,13 +1,17 @@
 """One command that trains and evaluates a set of variants with one budget and writes the report.
 
 Defaults: the tiny models on the bundle's synthetic demo set (generated on first use), on the
-machine's default device, PathSeqSAM plus the four baselines, 38 minutes of training shared equally
-(7.6 min each, at most the config's epochs), evaluation of each best model on the ``test`` split:
-about 42 minutes on a 2-core CPU. Output (``--out``, default ``outputs/compare``)::
+machine's default device, PathSeqSAM plus the four baselines, 36 minutes of training shared equally
+(7.2 min each, at most the config's epochs; validation on the demo set's validation split picks each
+variant's best model), evaluation of each best model on 10 fresh synthetic cases (100 patches, about
+30 degraded; the demo set's own test split has 20): about 42 minutes on a 2-core CPU. On real
+data (a dataset without ``synthetic_meta.json``) the ``--eval-split`` of its datalist is evaluated.
+Output (``--out``, default ``outputs/compare``)::
 
     report.md, report.csv                     the table (mean +- SD per-patch Dice, degraded-only
                                               Dice, object F1, training time, parameters)
     dice_per_variant.png, dice_vs_quality.png the plots
+    eval_data/                                the synthetic evaluation set (datalist_eval.json)
     <variant>/models/model.pt, <variant>/eval/{per_patch_test.csv, metrics.csv, curves.png, ...}
     <variant>/result.json                     what the report was built from
 
@@ -38,10 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from pathseqsam.compare.variants import REFERENCE_VARIANT, Variant, discover_variants, select_variants
+from pathseqsam.data.atomic import atomic_write_json
 
-__all__ = ["DEFAULT_TOTAL_MINUTES", "OFFICIAL_OVERRIDES", "main", "parse_set"]
+__all__ = ["DEFAULT_EVAL_CASES", "DEFAULT_TOTAL_MINUTES", "OFFICIAL_OVERRIDES", "main", "parse_set"]
 
-DEFAULT_TOTAL_MINUTES = 38.0
+DEFAULT_TOTAL_MINUTES = 36.0
+DEFAULT_EVAL_CASES = 10
+CONTEXT_FILE = "comparison.json"  # how the comparison was run, for the report (and --report-only)
 # the paper's model on KPIs patches (see bundle/docs/README.md): SAM2.1 b+ at 1024 px, 8-slice windows,
 # distances in units of one patch (2048 px x 0.25 um)
 OFFICIAL_OVERRIDES = {
@@ -87,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-dir", default=None, help="dataset folder (default: the bundle's demo set)")
     p.add_argument("--datalist", default=None, help="datalist JSON (default: <dataset-dir>/datalist.json)")
     p.add_argument("--eval-split", default="test", help="datalist split to evaluate (default test)")
+    p.add_argument(
+        "--eval-cases",
+        type=int,
+        default=None,
+        help=f"synthetic data: evaluate on this many fresh cases (default {DEFAULT_EVAL_CASES}) instead of "
+        "the datalist's --eval-split; 0 evaluates the split",
+    )
     budget = p.add_argument_group("budget (the same for every variant)")
     budget.add_argument("--epochs", type=int, default=None, help="max epochs (default: train.json's)")
     budget.add_argument("--max-minutes", type=float, default=None, help="wall-time budget per variant")
@@ -179,10 +193,44 @@ def _eta(done: list[dict[str, Any]], remaining: int, budget_min: float | None) -
     return f"{math.ceil(remaining * per / 60)} min"
 
 
+def _eval_datalist(args: argparse.Namespace, dataset_dir: str, out: Path) -> str | None:
+    """The evaluation datalist: fresh synthetic cases for synthetic data (unless --eval-cases 0), else None."""
+    from pathseqsam.compare.evalset import make_eval_set, synthetic_settings
+
+    if args.eval_cases == 0:
+        return None
+    if synthetic_settings(dataset_dir) is None:
+        if args.eval_cases is not None:
+            raise ValueError(
+                f"--eval-cases needs a synthetic dataset; {dataset_dir} has no synthetic_meta.json"
+            )
+        return None
+    if args.eval_split != "test":
+        raise ValueError("--eval-split applies to the datalist's splits: add --eval-cases 0 to use it")
+    cases = DEFAULT_EVAL_CASES if args.eval_cases is None else args.eval_cases
+    _say(
+        f"evaluation set: {cases} fresh synthetic cases in {out / 'eval_data'} (generated once, then reused)"
+    )
+    return str(make_eval_set(dataset_dir, out / "eval_data", cases))
+
+
+def _device_text(device: str | None) -> str:
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        threads = os.environ.get("OMP_NUM_THREADS")
+        device += f" ({torch.get_num_threads()} torch threads" + (
+            f", OMP_NUM_THREADS={threads})" if threads else ")"
+        )
+    return device
+
+
 def _report(
     out: Path,
     variants: list[Variant],
     dataset_dir: str,
+    datalist: str,
     context: dict[str, Any],
 ) -> Path:
     from pathseqsam.compare.plots import dice_boxplot, dice_vs_quality
@@ -192,7 +240,9 @@ def _report(
     from pathseqsam.data.synthetic import SYNTHETIC_META
 
     results = [load_result(out / v.name) for v in variants]
-    kinds = damage_kinds(Path(dataset_dir) / SYNTHETIC_META)
+    eval_lists = sorted({r.get("eval_datalist") or "" for r in results})
+    eval_dir = Path(eval_lists[0]).parent if eval_lists[0] else Path(dataset_dir)
+    kinds = damage_kinds(eval_dir / SYNTHETIC_META)
     tables = {r["variant"]: read_per_patch(r["per_patch_csv"], kinds) for r in results}
     rows = report_rows(results, tables)
     write_report_csv(out / "report.csv", rows)
@@ -203,8 +253,12 @@ def _report(
     names = [r["variant"] for r in results]
     reference = REFERENCE_VARIANT if REFERENCE_VARIANT in names else None
     gains = comparisons(reference, tables, [n for n in names if n != reference]) if reference else []
-    splits = sorted({r["eval_split"] for r in results})
-    context = {**context, "evaluated split": ", ".join(splits), "dataset": dataset_dir}
+    splits = ", ".join(sorted({r["eval_split"] for r in results}))
+    parts = []
+    for e in eval_lists:
+        description = json.loads(Path(e).read_text()).get("description") if e else None
+        parts.append(f"{splits} split of " + (f"{e}: {description}" if description else e or datalist))
+    context = {**context, "evaluated": "; ".join(parts)}
     path = write_report_md(
         out / "report.md",
         rows,
@@ -236,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say(f"variants: {', '.join(v.name for v in variants)}; output {out}")
     _say("data: resolving the datalist (the demo set is generated if its folder is empty)")
     dataset_dir, datalist = _prepare_data(configs, overrides)
+    eval_datalist = None if args.report_only else _eval_datalist(args, dataset_dir, out)
 
     from pathseqsam.compare.runner import RunSettings, run_variant
 
@@ -246,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_minutes=budget_min,
         epochs=args.epochs,
         eval_split=args.eval_split,
+        eval_datalist=eval_datalist,
     )
     budget_text = (f"{budget_min:.1f} min per variant, " if budget_min is not None else "") + (
         f"at most {args.epochs} epochs" if args.epochs is not None else "at most train.json's epochs"
@@ -270,31 +326,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             dice = record["eval_metrics"].get("val_mean_dice", math.nan)
             _say(
                 f"[{k + 1}/{len(variants)}] {variant.name}: {record['epochs']} epochs in "
-                f"{record['train_seconds'] / 60:.1f} min, {args.eval_split} Dice {dice:.4f}"
+                f"{record['train_seconds'] / 60:.1f} min, evaluation Dice {dice:.4f}"
             )
     finished = [v for v in variants if v.name not in failed]
     if not finished:
         _say("no variant finished: no report")
         return 1
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        threads = os.environ.get("OMP_NUM_THREADS")
-        device += f" ({torch.get_num_threads()} torch threads" + (
-            f", OMP_NUM_THREADS={threads})" if threads else ")"
+    context_file = out / CONTEXT_FILE
+    if args.report_only and context_file.is_file():
+        context = json.loads(context_file.read_text())
+        context["report"] = (
+            f"rebuilt {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} with --report-only"
         )
-    context = {
-        "command": f"`{command}`",
-        "started": started,
-        "wall time": f"{(time.perf_counter() - t_start) / 60:.1f} min"
-        + (" (report rebuilt; see the variants' training times)" if args.report_only else ""),
-        "device": device,
-        "budget": budget_text,
-        "datalist": datalist,
-        "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items() if k != "bundle_root") or "none",
-    }
-    report = _report(out, finished, dataset_dir, context)
+    else:
+        context = {
+            "command": f"`{command}`",
+            "started": started,
+            "wall time": f"{(time.perf_counter() - t_start) / 60:.1f} min"
+            + (" (report rebuilt; see the variants' training times)" if args.report_only else ""),
+            "device": _device_text(args.device),
+            "budget": budget_text,
+            "datalist": datalist,
+            "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items() if k != "bundle_root") or "none",
+        }
+        if not args.report_only:
+            atomic_write_json(context_file, context)
+    report = _report(out, finished, dataset_dir, datalist, context)
     _say(f"report: {report} and {out / 'report.csv'}; plots in {out}")
     print(report.read_text(), flush=True)
     if failed:

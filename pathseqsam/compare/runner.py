@@ -42,6 +42,8 @@ class RunSettings:
         max_minutes: wall-time budget per variant (None: epochs only).
         epochs: ``train#trainer#max_epochs`` (None: the config's).
         eval_split: datalist split evaluated after training (``validation`` picks the best model).
+        eval_datalist: evaluate this datalist's ``eval_split`` instead of the training datalist's
+            (e.g. :func:`~pathseqsam.compare.evalset.make_eval_set`); None: the training datalist.
     """
 
     configs_dir: Path
@@ -50,6 +52,7 @@ class RunSettings:
     max_minutes: float | None = None
     epochs: int | None = None
     eval_split: str = "test"
+    eval_datalist: str | None = None
 
 
 def count_parameters(net: Any) -> tuple[int, int]:
@@ -153,6 +156,8 @@ def run_variant(variant: Variant, settings: RunSettings) -> dict[str, Any]:
         raise FileNotFoundError(f"{variant.name}: training wrote no {run_dir / 'models' / 'model.pt'}")
 
     eval_overrides = {**common, "eval_split": settings.eval_split}
+    if settings.eval_datalist is not None:
+        eval_overrides["eval_datalist"] = settings.eval_datalist
     workflow = _workflow(settings, [*files, settings.configs_dir / "evaluate.json"], eval_overrides)
     t0 = time.perf_counter()
     workflow.run()
@@ -164,6 +169,7 @@ def run_variant(variant: Variant, settings: RunSettings) -> dict[str, Any]:
     gc.collect()
 
     record.update(
+        eval_datalist=settings.eval_datalist,
         eval_split=settings.eval_split,
         eval_seconds=eval_seconds,
         eval_metrics=metrics,

@@ -45,8 +45,10 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def comparison(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("compare") / "out"
+    # evaluated on 3 fresh synthetic cases (the default evaluation set, made smaller)
+    variants = ["--variants", "pathseqsam", "dynunet"]
     status = main(
-        _cli(out, dataset, "--variants", "pathseqsam", "dynunet", "--epochs", "1", "--set", *BUNDLE_SETTINGS)
+        _cli(out, dataset, *variants, "--epochs", "1", "--eval-cases", "3", "--set", *BUNDLE_SETTINGS)
     )
     assert status == 0
     return out
@@ -68,10 +70,11 @@ def _metrics_saver(run: Path) -> tuple[list[str], np.ndarray, dict[str, float]]:
     return [r[0] for r in rows], np.array([float(r[1]) for r in rows]), metrics
 
 
-def test_report_numbers_equal_the_evaluators(comparison, dataset):
+def test_report_numbers_equal_the_evaluators(comparison):
     rows = _report(comparison)
     assert [r["variant"] for r in rows] == ["pathseqsam", "dynunet"]
-    datalist = json.loads((dataset / "datalist.json").read_text())
+    datalist = json.loads((comparison / "eval_data" / "datalist_eval.json").read_text())
+    assert len(datalist["test"]) == 3
     flags = {
         f"{item['case']}/{Path(p).name}": d
         for item in datalist["test"]
@@ -79,15 +82,17 @@ def test_report_numbers_equal_the_evaluators(comparison, dataset):
     }
     for row in rows:
         names, dice, metrics = _metrics_saver(comparison / row["variant"])
-        assert len(names) == len(flags) == int(row["dice_n"])
+        assert sorted(names) == sorted(flags)  # every patch of the evaluation set, once
+        scored = np.isfinite(dice)  # patches without a glomerulus are left out of the Dice
+        assert int(row["dice_n"]) == scored.sum() > 0
         assert float(row["dice_mean"]) == pytest.approx(np.nanmean(dice), rel=1e-4)
         assert float(row["dice_mean"]) == pytest.approx(metrics["val_mean_dice"], rel=1e-4)
         assert float(row["dice_sd"]) == pytest.approx(np.nanstd(dice), rel=1e-3, abs=1e-6)
         degraded = np.array([flags[n] == 1 for n in names])
-        assert 0 < degraded.sum() < len(names)  # both kinds of slices are in the test split
-        assert int(row["degraded_dice_n"]) == degraded.sum()
-        assert float(row["degraded_dice_mean"]) == pytest.approx(dice[degraded].mean(), rel=1e-4)
-        assert float(row["clean_dice_mean"]) == pytest.approx(dice[~degraded].mean(), rel=1e-4)
+        assert 0 < (degraded & scored).sum() < scored.sum()  # both kinds of slices are scored
+        assert int(row["degraded_dice_n"]) == (degraded & scored).sum()
+        assert float(row["degraded_dice_mean"]) == pytest.approx(np.nanmean(dice[degraded]), rel=1e-4)
+        assert float(row["clean_dice_mean"]) == pytest.approx(np.nanmean(dice[~degraded]), rel=1e-4)
         assert float(row["object_f1"]) == pytest.approx(metrics["val_object_f1"], rel=1e-5, abs=1e-7)
         assert int(row["epochs"]) == 1 and row["stopped_by_budget"] == "False"
         assert float(row["train_seconds"]) > 0 and float(row["eval_seconds"]) > 0
@@ -129,6 +134,9 @@ def test_report_only_rebuilds_the_same_table(comparison, dataset):
     status = main(_cli(comparison, dataset, "--variants", "pathseqsam", "dynunet", "--report-only"))
     assert status == 0
     assert (comparison / "report.csv").read_text() == before
+    text = (comparison / "report.md").read_text()
+    assert "with --report-only" in text
+    assert "--epochs 1 --eval-cases 3" in text  # the command of the run that trained the variants
 
 
 def test_time_budget_stops_training_and_still_evaluates(dataset, tmp_path, capfd):
@@ -137,7 +145,7 @@ def test_time_budget_stops_training_and_still_evaluates(dataset, tmp_path, capfd
     (out / "dynunet").mkdir(parents=True)
     (out / "dynunet" / "notes.txt").write_text("keep me")
     variants = ["--variants", "sam2_per_slice", "dynunet"]
-    budget = ["--max-minutes", "0.0001", "--epochs", "3"]
+    budget = ["--max-minutes", "0.0001", "--epochs", "3", "--eval-cases", "0"]
     status = main(_cli(out, dataset, *variants, *budget, "--set", *BUNDLE_SETTINGS))
     assert status == 1
     captured = capfd.readouterr()
@@ -145,6 +153,7 @@ def test_time_budget_stops_training_and_still_evaluates(dataset, tmp_path, capfd
     assert "failed variants: dynunet" in captured.out
     assert (out / "dynunet" / "notes.txt").read_text() == "keep me"
     (row,) = _report(out)
+    assert not (out / "eval_data").exists()  # --eval-cases 0: the dataset's test split
     # stopped after its first iteration (an epoch has 2), validated, evaluated
     result = json.loads((out / "sam2_per_slice" / "result.json").read_text())
     assert result["iterations"] == 1 and result["epochs"] == 1 and result["stopped_by_budget"] is True
@@ -161,3 +170,30 @@ def test_command_line_errors():
         main(["--variants", "dynunet", "--max-minutes", "1", "--total-minutes", "2", "--report-only"])
     with pytest.raises(ValueError, match="unknown variant 'nnunet'"):
         main(["--variants", "nnunet"])
+
+
+def test_evaluation_set_is_fresh_reused_and_only_for_synthetic_data(comparison, dataset, tmp_path):
+    from pathseqsam.compare.evalset import make_eval_set, synthetic_settings
+
+    eval_dir = comparison / "eval_data"
+    source, made = synthetic_settings(dataset), synthetic_settings(eval_dir)
+    assert made == {**source, "seed": source["seed"] + 1000, "cases": 3}
+    first = Image.open(
+        dataset / json.loads((dataset / "datalist.json").read_text())["training"][0]["image"][0]
+    )
+    fresh = Image.open(
+        eval_dir / json.loads((eval_dir / "datalist_eval.json").read_text())["test"][0]["image"][0]
+    )
+    assert np.abs(np.asarray(first, float) - np.asarray(fresh, float)).mean() > 5  # other tissue
+    stamp = (eval_dir / "datalist.json").stat().st_mtime_ns
+    make_eval_set(dataset, eval_dir, 3)  # same settings: reused, not regenerated
+    assert (eval_dir / "datalist.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="not a synthetic dataset"):
+        make_eval_set(tmp_path, tmp_path / "e", 3)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "datalist.json").write_text(json.dumps({"training": [], "test": []}))
+    with pytest.raises(ValueError, match="--eval-cases needs a synthetic dataset"):
+        main(_cli(tmp_path / "o", plain, "--variants", "dynunet", "--eval-cases", "2"))
+    with pytest.raises(ValueError, match="add --eval-cases 0"):
+        main(_cli(tmp_path / "o", dataset, "--variants", "dynunet", "--eval-split", "validation"))
