@@ -90,7 +90,7 @@ def dice_vs_quality(tables: dict[str, PatchTable], path: str | Path) -> Path:
     first = next(iter(tables.values()))
     groups = quality_groups(first)
     names = list(tables)
-    fig = _figure(max(6.0, 1.1 * len(groups) * max(1, len(names)) / 2 + 2), 4.0)
+    fig = _figure(min(14.0, max(6.0, 0.3 * len(groups) * len(names) + 2)), 4.5)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(len(names), 1)
     counts = {g: int((mask & np.isfinite(first.dice)).sum()) for g, mask in groups.items()}

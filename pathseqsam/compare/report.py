@@ -55,6 +55,9 @@ REPORT_COLUMNS = (
     "description",
 )
 
+# a resolved mean difference below this (1 Dice point) is called negligible
+NEGLIGIBLE = 0.01
+
 # the variant without memory: its clean-vs-degraded gap is what memory could win back
 NO_MEMORY_VARIANT = "sam2_per_slice"
 
@@ -171,16 +174,20 @@ def _verdict(reference: str, other: str, subset: str, d: dict[str, float]) -> st
     if d["n"] == 0:
         return f"- {subset}: no {subset} patch with a glomerulus was evaluated, nothing to compare."
     direction = "gains" if d["mean"] > 0 else "loses" if d["mean"] < 0 else "changes nothing"
+    excludes_zero = d["ci_low"] > 0 or d["ci_high"] < 0
     if d["n"] < MIN_PATCHES:
         resolved = f"too few patches (fewer than {MIN_PATCHES}) to tell a difference from chance"
-    elif d["ci_low"] > 0 or d["ci_high"] < 0:
+    elif excludes_zero and abs(d["mean"]) < NEGLIGIBLE:
+        resolved = f"the 95% interval excludes 0, but the difference is under {100 * NEGLIGIBLE:g} Dice point: negligible"
+    elif excludes_zero:
         resolved = "the 95% interval excludes 0: a difference this run resolves"
     else:
         resolved = "the 95% interval includes 0: no difference this run can resolve"
     return (
-        f"- {subset}: {reference} {direction} {100 * d['mean']:+.2f} Dice points over {other} "
-        f"(95% bootstrap CI {100 * d['ci_low']:+.2f} .. {100 * d['ci_high']:+.2f}, n={d['n']} patches, "
-        f"better on {d['wins']}, worse on {d['losses']}); {resolved}."
+        f"- {subset}: {reference} {direction} {100 * abs(d['mean']):.2f} Dice points against {other} "
+        f"(mean paired difference {100 * d['mean']:+.2f}, 95% bootstrap CI {100 * d['ci_low']:+.2f} .. "
+        f"{100 * d['ci_high']:+.2f}, n={d['n']} patches, better on {d['wins']}, worse on {d['losses']}); "
+        f"{resolved}."
     )
 
 
@@ -261,7 +268,7 @@ def write_report_md(
                 else f"with fewer than {MIN_PATCHES} degraded patches no effect on them can be resolved."
             ),
             f"- {reference} reached {_pct(ref_row['clean_dice_mean'], ref_row['clean_dice_sd'])} on clean slices "
-            f"after {ref_row['epochs']} epochs ({_duration(ref_row['train_seconds'])}). Memory can only carry "
+            f"after {ref_row['epochs']} epoch(s) ({_duration(ref_row['train_seconds'])}). Memory can only carry "
             "over what the model already segments on the clean neighbours of a degraded slice: while clean-slice "
             "Dice is low, a gain on degraded slices is not to be expected.",
         ]

@@ -242,12 +242,21 @@ def test_markdown_verdicts_say_what_the_numbers_support(tmp_path):
     gains = comparisons("pathseqsam", tables, ["sam2_per_slice", "noisy"])
     path = write_report_md(tmp_path / "r.md", rows, gains, "pathseqsam", {"command": "`x`"}, {"p": "p.png"})
     text = path.read_text()
-    assert "- all slices: pathseqsam gains +" in text
+    assert (
+        "- all slices: pathseqsam gains 15.00 Dice points against sam2_per_slice (mean paired difference +15.00"
+        in text
+    )
     assert "the 95% interval excludes 0: a difference this run resolves" in text
     assert "the 95% interval includes 0: no difference this run can resolve" in text  # vs noisy
     assert "| 1 min 01 s | 10 / 20 |" in text and "| n/a | 2/2 |" in text  # best val Dice missing
     # the per-slice model's clean-vs-degraded gap: 0.2 by construction
     assert "a gap of 20.00 Dice points" in text
+    # resolved but tiny: +0.2 Dice points on every patch
+    tiny = {"pathseqsam": _table(base + 0.002, degraded), "noisy": _table(base, degraded)}
+    text = write_report_md(
+        tmp_path / "t.md", rows, comparisons("pathseqsam", tiny, ["noisy"]), "pathseqsam", {}, {}
+    ).read_text()
+    assert "the 95% interval excludes 0, but the difference is under 1 Dice point: negligible" in text
     few = comparisons(
         "pathseqsam", {k: _table(t.dice[:4], degraded[:4]) for k, t in tables.items()}, ["noisy"]
     )
