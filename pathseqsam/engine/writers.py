@@ -16,7 +16,34 @@ from scipy import ndimage
 from pathseqsam.data.atomic import atomic_write, atomic_write_json
 from pathseqsam.visualize import denormalise, overlay, save_rgb
 
-__all__ = ["SaveSequencePredictiond"]
+__all__ = ["SaveSequencePredictiond", "write_mask_stack"]
+
+
+def write_mask_stack(
+    masks: np.ndarray, path: str | os.PathLike, source: str | os.PathLike | None = None
+) -> Path:
+    """Write masks ``[N, H, W]`` as one stack file, atomically.
+
+    Args:
+        masks: ``[N, H, W]`` array (e.g. uint8 0/255 or 0/1 label values), written as given.
+        path: destination; ``.nii``/``.nii.gz`` writes NIfTI ``[x, y, z]`` (slices last, columns first),
+            anything else a multi-page TIFF with axes ``ZYX``.
+        source: NIfTI the masks were predicted from: its affine is copied, so viewers overlay the
+            masks on it (identity affine when None).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        affine = nib.load(source).affine if source is not None else np.eye(4)
+        img = nib.Nifti1Image(np.ascontiguousarray(masks.transpose(2, 1, 0)), affine)
+        return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    import tifffile
+
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, masks, metadata={"axes": "ZYX"}))
 
 
 def _stem(name: str) -> str:
@@ -106,15 +133,5 @@ class SaveSequencePredictiond(MapTransform):
     def _write_stack(pred: np.ndarray, case_dir: Path, case: str, source: str) -> Path:
         masks = pred.astype(np.uint8) * 255
         if source.lower().endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            affine = nib.load(source).affine
-            # NIfTI volumes are (x, y, z): slices last, columns first
-            img = nib.Nifti1Image(masks.transpose(2, 1, 0), affine)
-            return atomic_write(case_dir / f"{case}_mask.nii.gz", lambda tmp: nib.save(img, str(tmp)))
-        import tifffile
-
-        return atomic_write(
-            case_dir / f"{case}_mask.ome.tif",
-            lambda tmp: tifffile.imwrite(tmp, masks, metadata={"axes": "ZYX"}),
-        )
+            return write_mask_stack(masks, case_dir / f"{case}_mask.nii.gz", source)
+        return write_mask_stack(masks, case_dir / f"{case}_mask.ome.tif")
