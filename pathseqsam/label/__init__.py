@@ -1,0 +1,32 @@
+"""MONAI Label integration: serve the PathSeqSAM bundle for automatic and interactive segmentation.
+
+The MONAI Label app lives in ``pathseqsam/label/app`` (its ``main.py`` is what ``monailabel
+start_server --app`` loads); it builds the bundle's own ``network_def`` from ``bundle/configs`` and
+loads ``bundle/models/model.pt``. Modules:
+
+* :mod:`pathseqsam.label.bundle`: find the bundle, server-level config overrides;
+* :mod:`pathseqsam.label.sequence_io`: an image file (stack or 2D patch) as a sequence item, masks
+  written back in the image's own format;
+* :mod:`pathseqsam.label.region`: the pathology convention of a region (``location``, ``size``) of a
+  larger image;
+* :mod:`pathseqsam.label.prompts`: MONAI Label clicks and boxes as PathSeqSAM prompts;
+* :mod:`pathseqsam.label.propagation`: segment from prompted slices in both directions;
+* :mod:`pathseqsam.label.infer`, :mod:`pathseqsam.label.train`: the MONAI Label tasks (need the
+  ``label`` extra).
+
+Only the last two import ``monailabel``; the rest runs in the core environment.
+"""
+
+from __future__ import annotations
+
+__all__ = ["INSTALL_HINT", "LABELS"]
+
+INSTALL_HINT = (
+    "MONAI Label is not installed: it is an optional extra that pins numpy below 2, so install it in "
+    "its own environment: python3 -m venv .venv-label && .venv-label/bin/pip install torch==2.14.1 "
+    "torchvision==0.29.1 setuptools wheel && SAM2_BUILD_CUDA=0 .venv-label/bin/pip install "
+    '--no-build-isolation -e ".[label]"'
+)
+
+# MONAI Label label names -> values written into the returned masks.
+LABELS = {"glomerulus": 1}

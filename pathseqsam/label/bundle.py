@@ -1,0 +1,130 @@
+"""Where the MONAI Label app finds the bundle, and the config overrides it is started with.
+
+The app reads the bundle's own ``configs/inference.json`` and ``configs/train.json`` (no second model
+definition). Server-level settings come from ``monailabel start_server --conf KEY VALUE``:
+
+* ``bundle``: the bundle folder (``configs/``, ``models/``); default: ``bundle/`` of this repository;
+* ``bundle.<id>``: override config item ``<id>`` in both configs, the value parsed as JSON (so
+  ``--conf bundle.image_size 512`` gives the integer 512; a value that is not JSON stays a string);
+  ids use MONAI's ``#`` separator, e.g. ``bundle.train#windows_per_case``;
+* ``z_spacing_um``: slice spacing for stacks without spacing metadata (default: the bundle's
+  ``distance_unit_um``, i.e. consecutive slices one distance unit apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "OVERRIDE_PREFIX",
+    "bundle_overrides",
+    "inference_setting",
+    "resolve_bundle_dir",
+    "z_spacing_setting",
+]
+
+OVERRIDE_PREFIX = "bundle."
+
+
+def resolve_bundle_dir(conf: Mapping[str, str]) -> Path:
+    """The bundle folder named by ``conf["bundle"]``, else this repository's ``bundle/``.
+
+    Args:
+        conf: MONAI Label app settings (``--conf`` pairs).
+
+    Returns:
+        Absolute path of a folder holding ``configs/inference.json``, ``configs/train.json`` and
+        ``configs/metadata.json``.
+
+    Raises:
+        FileNotFoundError: the folder or one of those files is missing (names the path and the setting).
+    """
+    if conf.get("bundle"):
+        root = Path(os.path.expanduser(conf["bundle"])).resolve()
+        where = f"--conf bundle {conf['bundle']}"
+    else:
+        root = Path(__file__).resolve().parents[2] / "bundle"
+        where = "the repository's bundle/ (pathseqsam installed in editable mode); set --conf bundle <dir>"
+    for name in ("inference.json", "train.json", "metadata.json"):
+        if not (root / "configs" / name).is_file():
+            raise FileNotFoundError(f"{root / 'configs' / name} not found (bundle folder from {where})")
+    return root
+
+
+def bundle_overrides(conf: Mapping[str, str]) -> dict[str, Any]:
+    """Config overrides from ``--conf bundle.<id> <value>`` settings.
+
+    Args:
+        conf: MONAI Label app settings.
+
+    Returns:
+        ``{id: value}`` with values parsed as JSON where they are JSON (numbers, booleans, null,
+        lists, objects, quoted strings), else kept as the string given.
+
+    Raises:
+        ValueError: an empty id (``--conf bundle. 3``).
+    """
+    out: dict[str, Any] = {}
+    for key, raw in conf.items():
+        if not key.startswith(OVERRIDE_PREFIX):
+            continue
+        config_id = key[len(OVERRIDE_PREFIX) :]
+        if not config_id:
+            raise ValueError(f"--conf {key} {raw}: expected bundle.<config id>, e.g. bundle.image_size")
+        try:
+            out[config_id] = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError:
+            out[config_id] = raw
+    return out
+
+
+def inference_setting(bundle_dir: Path, key: str, overrides: Mapping[str, Any]) -> Any:
+    """A top-level value of the bundle's ``configs/inference.json`` (unparsed), after ``overrides``.
+
+    Args:
+        bundle_dir: bundle folder.
+        key: top-level config id.
+        overrides: overrides from :func:`bundle_overrides`.
+
+    Returns:
+        The value.
+
+    Raises:
+        KeyError: the config has no such key (names the file).
+    """
+    if key in overrides:
+        return overrides[key]
+    path = Path(bundle_dir) / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    if key not in config:
+        raise KeyError(f"{path} has no {key!r}")
+    return config[key]
+
+
+def z_spacing_setting(conf: Mapping[str, str], default: float) -> float:
+    """The ``z_spacing_um`` setting as a positive number (``default`` when absent).
+
+    Args:
+        conf: MONAI Label app settings.
+        default: value when the setting is absent.
+
+    Returns:
+        Micrometres between consecutive slices of stacks without spacing metadata.
+
+    Raises:
+        ValueError: the setting is not a positive number.
+    """
+    raw = conf.get("z_spacing_um")
+    if raw is None:
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"--conf z_spacing_um {raw}: expected a positive number of micrometres")
+    return value

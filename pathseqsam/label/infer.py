@@ -1,0 +1,155 @@
+"""MONAI Label inference task: the bundle's network, automatic or from clicks/boxes, on slice sequences.
+
+:class:`PathSeqSAMInferTask` extends MONAI Label's ``BundleInferTask``, which reads the bundle's
+``configs/inference.json``, builds its ``network_def`` and loads ``models/model.pt`` (reloaded when
+the file changes, e.g. after training). From the bundle config it also takes ``preprocessing``
+(``LoadSequenced`` + SAM2 normalisation), ``inferer`` (automatic mode) and ``postprocessing`` (sigmoid,
+threshold 0.5; the file writer is left out). What it adds:
+
+* the request's image file becomes a sequence (:mod:`pathseqsam.label.sequence_io`) and, for
+  pathology requests, the region it names is cut out (:mod:`pathseqsam.label.region`);
+* automatic mode: the bundle's inferer with the slices' positions, every slice segmented;
+* interactive mode: clicks/boxes become prompts on their slices (:mod:`pathseqsam.label.prompts`),
+  the whole-slice network runs from there in both directions
+  (:mod:`pathseqsam.label.propagation`);
+* the mask comes back in the image's own format with label value 1, plus a JSON summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pathseqsam.label import INSTALL_HINT, LABELS
+
+try:
+    from fastapi import HTTPException
+    from monailabel.interfaces.tasks.infer_v2 import InferType
+    from monailabel.tasks.infer.bundle import BundleInferTask
+except ImportError as exc:  # pragma: no cover - exercised in the core environment's test
+    raise ImportError(INSTALL_HINT) from exc
+
+from pathseqsam.engine.writers import SaveSequencePredictiond
+from pathseqsam.label.prompts import request_prompts
+from pathseqsam.label.propagation import propagate_both_ways
+from pathseqsam.label.region import CropRegiond
+from pathseqsam.label.sequence_io import SequenceItemd, mask_suffix, write_mask
+
+__all__ = ["PathSeqSAMInferTask"]
+
+logger = logging.getLogger(__name__)
+
+
+class PathSeqSAMInferTask(BundleInferTask):
+    """Segment an image sequence (stack or 2D patch) with the PathSeqSAM bundle.
+
+    Args:
+        bundle_dir: bundle folder (``configs/``, ``models/model.pt``).
+        conf: MONAI Label app settings.
+        interactive: False: automatic segmentation of every slice; True: from the request's clicks
+            and boxes, propagated through the sequence (a request without any is an error).
+        overrides: bundle config overrides (``{id: value}``), applied to ``inference.json``.
+        z_spacing_um: slice spacing for stacks without spacing metadata.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        conf: Mapping[str, str],
+        interactive: bool = False,
+        overrides: Mapping[str, Any] | None = None,
+        z_spacing_um: float = 1.0,
+    ) -> None:
+        self.interactive = interactive
+        self.overrides = dict(overrides or {})
+        self.z_spacing_um = float(z_spacing_um)
+        super().__init__(
+            str(bundle_dir),
+            dict(conf),
+            type=InferType.DEEPGROW if interactive else InferType.SEGMENTATION,
+            post_filter=[SaveSequencePredictiond],
+            add_post_restore=False,
+            load_strict=True,
+        )
+        self.labels = dict(LABELS)
+        if self.description:
+            mode = "clicks/boxes on some slices, propagated both ways" if interactive else "automatic"
+            self.description = f"{self.description} [{mode}]"
+
+    def __call__(
+        self, request: Mapping[str, Any], callbacks: Any = None
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Run one request; bad input (a ValueError, e.g. a click outside the image) answers HTTP 400.
+
+        The message (which names the request field or the file) then reaches the client instead of
+        MONAI Label's bare "Internal Server Error".
+        """
+        try:
+            return super().__call__(request, callbacks)
+        except ValueError as exc:
+            logger.warning("PathSeqSAM request refused: %s", exc)
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+    def _load_bundle_config(self, path: str, config: str) -> Any:
+        parser = super()._load_bundle_config(path, config)
+        for key, value in self.overrides.items():
+            parser.set(value, key, recursive=True)
+        return parser
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["pathology"] = True  # listed by the pathology clients too (2D patches, regions)
+        return info
+
+    def pre_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
+        return [
+            SequenceItemd("image", z_spacing_um=self.z_spacing_um),
+            *super().pre_transforms(data),
+            CropRegiond("image"),
+        ]
+
+    def run_inferer(
+        self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda"
+    ) -> dict[str, Any]:
+        network = self._get_network(device, data)
+        image = torch.as_tensor(data["image"])[None].to(device)
+        positions = torch.as_tensor(data["positions"])[None].to(device)
+        _, n, h, w = data["image"].shape
+        amp = bool(self.bundle_config.get_parsed_content("amp")) and str(device).startswith("cuda")
+        dtype = self.bundle_config.get_parsed_content("amp_kwargs").get("dtype", torch.bfloat16)
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=amp):
+            if self.interactive:
+                prompts, prompted = request_prompts(data, n, h, w, data.get("region"))
+                prompts = {k: v.to(device) for k, v in prompts.items()}
+                logits = propagate_both_ways(network, image, positions, prompts)
+                data["prompted_slices"] = prompted
+            else:
+                logits = self.inferer(data)(image, network, positions=positions)
+        data[self.output_label_key] = logits[0].float()
+        return data
+
+    def writer(
+        self, data: dict[str, Any], extension: str | None = None, dtype: Any = None
+    ) -> tuple[str, dict[str, Any]]:
+        pred = np.asarray(torch.as_tensor(data[self.output_label_key]).detach().cpu())[0] > 0.5  # [N, H, W]
+        region = data.get("region")
+        suffix = mask_suffix(data["image_path"], pred.shape[0], region is not None)
+        with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
+            path = f.name
+        write_mask(pred.astype(np.uint8) * LABELS["glomerulus"], path, source=data["image_path"])
+        result: dict[str, Any] = {
+            "mode": "interactive" if self.interactive else "automatic",
+            "slices": int(pred.shape[0]),
+            "foreground_fraction": [round(float(f), 6) for f in pred.mean(axis=(1, 2))],
+            "prompted_slices": list(data.get("prompted_slices", [])),
+        }
+        if region is not None:
+            result.update(location=[region.x, region.y], size=[region.width, region.height])
+        logger.info("PathSeqSAM %s: %d slices -> %s", result["mode"], result["slices"], path)
+        return path, result

@@ -1,0 +1,106 @@
+"""The pathology convention of MONAI Label: a request may address a region of a larger image.
+
+Pathology clients (QuPath, Digital Slide Archive) send ``location`` ``[x, y]`` (the region's top-left
+pixel) and ``size`` ``[width, height]``, and their clicks and boxes in pixels of the WHOLE image.
+The region is cut out of every slice, the model sees only that region, clicks are shifted into it,
+and the returned mask covers the region (its ``location`` and ``size`` are echoed in the result).
+Only full-resolution pixels are addressed (``level`` 0): images are read whole, so this suits
+patches and stacks, not pyramidal whole-slide images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+__all__ = ["CropRegiond", "Region", "request_region"]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of a slice, in pixels: top-left ``(x, y)`` (x along columns), ``width``, ``height``."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+def _int_pair(value: Any, field: str) -> tuple[int, int]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"request '{field}' must be two numbers [x, y] / [width, height], got {value!r}"
+        ) from exc
+    if a != int(a) or b != int(b):
+        raise ValueError(f"request '{field}' must hold whole pixels, got {value!r}")
+    return int(a), int(b)
+
+
+def request_region(request: Mapping[str, Any], height: int, width: int) -> Region | None:
+    """The region a request addresses, or None for the whole slice.
+
+    Args:
+        request: MONAI Label request (``location``, ``size``, ``level``).
+        height: slice height in pixels.
+        width: slice width in pixels.
+
+    Returns:
+        The region when ``size`` is given and non-zero (the pathology app sends ``[0, 0]`` for
+        "whole image"), else None.
+
+    Raises:
+        ValueError: a ``level`` other than 0, malformed values, an empty size, or a region that does
+            not lie inside the slice (the message gives both).
+    """
+    level = request.get("level")
+    if level not in (None, 0, "0"):
+        raise ValueError(
+            f"request 'level' {level!r} is not supported: regions are read at full resolution (0)"
+        )
+    size = request.get("size")
+    if size is None or (len(size) == 2 and not any(size)):
+        return None
+    w, h = _int_pair(size, "size")
+    location = request.get("location")
+    x, y = (0, 0) if location is None else _int_pair(location, "location")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"request 'size' must be positive [width, height], got {list(size)}")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(
+            f"request region location {[x, y]} size {[w, h]} does not lie inside the {width}x{height} px "
+            "image; expected 0 <= x, x + width <= image width, and the same for y"
+        )
+    return Region(x, y, w, h)
+
+
+class CropRegiond(MapTransform):
+    """Cut the requested region out of ``[C, N, H, W]`` tensors; sets ``region`` (a :class:`Region` or None).
+
+    Args:
+        keys: tensor keys (the image).
+        region_key: output key for the region.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", region_key: str = "region") -> None:
+        super().__init__(keys)
+        self.region_key = region_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        first = torch.as_tensor(d[self.first_key(d)])
+        region = request_region(d, int(first.shape[-2]), int(first.shape[-1]))
+        d[self.region_key] = region
+        if region is not None:
+            for key in self.key_iterator(d):
+                x = torch.as_tensor(d[key])
+                d[key] = x[
+                    ..., region.y : region.y + region.height, region.x : region.x + region.width
+                ].contiguous()
+        return d
