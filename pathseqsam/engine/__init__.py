@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathseqsam.engine.budget import WallTimeBudget
+from pathseqsam.engine.distributed import ShardRecorder, handlers_for_rank
 from pathseqsam.engine.handlers import (
     AtomicCheckpointSaver,
     NaNLossGuard,
@@ -24,9 +25,11 @@ __all__ = [
     "ProgressLogger",
     "SaveSequencePredictiond",
     "SequencePrepareBatch",
+    "ShardRecorder",
     "TrainingCurves",
     "ValidationSummary",
     "WallTimeBudget",
+    "handlers_for_rank",
     "latest_checkpoint",
     "prepare_datalist",
     "resume_from_latest",

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from ignite.engine import Engine, Events
 
+from pathseqsam.engine.distributed import any_rank
+
 __all__ = ["WallTimeBudget"]
 
 logger = logging.getLogger("pathseqsam")
@@ -60,8 +62,12 @@ class WallTimeBudget:
     def _started(self, _engine: Engine) -> None:
         self.start, self.expired, self.stopped_early = self.clock(), False, False
 
+    def _time_up(self) -> bool:
+        """Whether the budget is used up; in a distributed run, on any rank (all ranks stop together)."""
+        return any_rank(self.elapsed() >= self.budget_s)
+
     def _iteration(self, engine: Engine) -> None:
-        if self.elapsed() >= self.budget_s and not self.expired:
+        if not self.expired and self._time_up():
             self.expired = True
             s = engine.state
             logger.info(
@@ -75,7 +81,7 @@ class WallTimeBudget:
 
     def _epoch(self, engine: Engine) -> None:
         used = self.elapsed()
-        if self.expired or used >= self.budget_s:
+        if self._time_up() or self.expired:
             s = engine.state
             self.expired = True
             self.stopped_early = s.iteration < (s.max_epochs or 0) * (s.epoch_length or 0)

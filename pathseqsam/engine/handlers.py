@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -255,7 +256,8 @@ class _AtomicDiskSaver(DiskSaver):
     def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
         filename = self.filename or filename
         super().__call__(checkpoint, filename, metadata)
-        (Path(self.dirname) / filename).chmod(0o644)  # the temp file was created 0600
+        if idist.get_rank() == self.save_on_rank:  # other ranks of a distributed run write nothing
+            (Path(self.dirname) / filename).chmod(0o644)  # the temp file was created 0600
 
     def remove(self, filename: str) -> None:
         super().remove(self.filename or filename)

@@ -18,6 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from pathseqsam.data.atomic import atomic_write
+from pathseqsam.engine.distributed import dist_rank_and_world, gather_lists
 from pathseqsam.metrics import slice_names_for_saver
 
 __all__ = ["PER_PATCH_COLUMNS", "PerPatchSaver"]
@@ -111,12 +112,17 @@ class PerPatchSaver:
         return arr
 
     def _write(self, engine: Engine) -> None:
+        # distributed evaluation: MONAI gathers the per-patch metrics over the ranks in rank order;
+        # gather the rows the same way (every rank runs this handler, rank 0 writes)
+        self.rows = gather_lists(self.rows)
         dice = self._details(engine, self.dice_metric, 1)[:, 0]
         counts = self._details(engine, self.object_metric, 3) if self.object_metric else None
         for k, row in enumerate(self.rows):
             row["dice"] = float(dice[k])
             tp, fp, fn = ("", "", "") if counts is None else (int(c) for c in counts[k])
             row.update(tp=tp, fp=fp, fn=fn)
+        if dist_rank_and_world()[0] != 0:
+            return
 
         def write_csv(tmp: Path) -> None:
             with open(tmp, "w", newline="") as f:
