@@ -3,7 +3,8 @@
 The server (``monailabel start_server`` with ``pathseqsam/label/app``) runs on 127.0.0.1 on a free
 port, on generated serial sections (a NIfTI stack, an OME-TIFF stack and a 2D PNG patch, all
 labelled) and a tiny-model checkpoint in a temporary copy of the bundle. Every mask it returns is
-checked against the same network called directly in this process.
+checked against the same network called directly in this process (both on CPU in fp32; the
+server's CUDA path, with bf16 autocast, is not compared here).
 
 Needs the ``label`` extra (``.venv-label``, see the README); the core environment skips this module.
 With ``PATHSEQSAM_LABEL_TESTS=required`` (CI's label stage) a missing MONAI Label is a failure.
@@ -53,7 +54,7 @@ class Server:
     process: subprocess.Popen
 
     def post(self, path: str, params: dict[str, Any] | None = None, **query: str) -> requests.Response:
-        data = {"params": json.dumps(params or {})}
+        data = {"params": json.dumps({"device": "cpu", **(params or {})})}  # exact fp32 comparisons
         return requests.post(f"{self.url}{path}", params=query, data=data, timeout=300)
 
     def log_tail(self, n: int = 60) -> str:

@@ -107,7 +107,8 @@ class PathSeqSAMApp(MONAILabelApp):
         kwargs = {"overrides": self.overrides, "z_spacing_um": self.z_spacing_um}
         automatic = PathSeqSAMInferTask(self.bundle_dir, self.conf, interactive=False, **kwargs)
         interactive = PathSeqSAMInferTask(self.bundle_dir, self.conf, interactive=True, **kwargs)
-        interactive._networks = automatic._networks  # one copy of the weights per device
+        # one copy of the weights: the same template network and per-device cache
+        interactive.network, interactive._networks = automatic.network, automatic._networks
         return {self.model_name: automatic, f"{self.model_name}_interactive": interactive}
 
     def init_trainers(self) -> dict[str, TrainTask]:
