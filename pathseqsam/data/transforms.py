@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, Randomizable
 
 from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
@@ -40,6 +41,7 @@ from pathseqsam.data.stacks import probe_stack, read_stack_slices
 
 __all__ = [
     "SEQUENCE_KEYS",
+    "EachSliced",
     "LoadSequenced",
     "NormalizeSAM2d",
     "RandSequenceSpatiald",
@@ -581,6 +583,40 @@ class NormalizeSAM2d(MapTransform):
                     f"{key!r}: expected RGB [3, N, H, W] before normalisation, got {tuple(x.shape)}"
                 )
             d[key] = ((x - self.mean) / self.std).contiguous()
+        return d
+
+
+class EachSliced(MapTransform):
+    """Apply a 2D MONAI array transform to every slice of ``[C, N, H, W]`` data on its own.
+
+    MONAI's morphology post-processing (``RemoveSmallObjects``, ``FillHoles``,
+    ``KeepLargestConnectedComponent``) treats ``[C, N, H, W]`` as a 3D volume; serial sections are
+    not a voxel grid (variable spacing, each section its own patch), so connectivity must stay within
+    a slice.
+
+    Args:
+        keys: keys of ``[C, N, H, W]`` tensors (e.g. the binarised ``pred``).
+        transform: a callable on ``[C, H, W]`` (e.g. ``monai.transforms.RemoveSmallObjects(min_size=64)``).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, transform: Any, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not callable(transform):
+            raise TypeError(f"transform must be callable on [C, H, W] slices, got {type(transform).__name__}")
+        self.transform = transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            if x.ndim != 4:
+                raise SequenceDataError(f"{key!r}: expected [C, N, H, W], got shape {tuple(x.shape)}")
+            slices = [torch.as_tensor(self.transform(x[:, n])) for n in range(x.shape[1])]
+            out = torch.stack(slices, dim=1).to(dtype=torch.as_tensor(x).dtype)
+            if isinstance(x, MetaTensor):
+                out = MetaTensor(out, meta=x.meta, applied_operations=x.applied_operations)
+            d[key] = out
         return d
 
 

@@ -331,3 +331,32 @@ def test_load_errors_name_the_files(tmp_path):
         [32, 32],
         [32, 32],
     ]
+
+
+def test_each_sliced_keeps_connectivity_within_a_slice():
+    """RemoveSmallObjects on [C, N, H, W] would count a blob's voxels over all slices; EachSliced
+    removes what is small in its own slice, checked against scipy per slice."""
+    from monai.data import MetaTensor
+    from monai.transforms import RemoveSmallObjects
+
+    from pathseqsam.data.transforms import EachSliced
+
+    pred = torch.zeros(1, 3, 16, 16)
+    pred[0, :, 2:5, 2:5] = 1  # 9 px per slice, 27 voxels through the stack
+    pred[0, 1, 8:14, 8:14] = 1  # 36 px, one slice
+    data = {"pred": MetaTensor(pred, meta={"filename_or_obj": "case"})}
+    out = EachSliced("pred", RemoveSmallObjects(min_size=10))(data)["pred"]
+    expected = []
+    for s in pred[0].numpy().astype(bool):
+        lab, k = ndimage.label(s)
+        sizes = ndimage.sum(s, lab, range(1, k + 1))
+        expected.append(np.isin(lab, [i + 1 for i, n in enumerate(sizes) if n >= 10]))
+    np.testing.assert_array_equal(out[0].numpy().astype(bool), np.stack(expected))
+    assert out[0, 1, 8:14, 8:14].all() and not out[0, :, 2:5, 2:5].any()
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "case"
+    # the 3D transform would have kept the 27-voxel tube
+    assert RemoveSmallObjects(min_size=10)(pred)[0, :, 2:5, 2:5].all()
+    with pytest.raises(SequenceDataError, match=r"'pred': expected \[C, N, H, W\]"):
+        EachSliced("pred", RemoveSmallObjects(min_size=10))({"pred": torch.zeros(1, 16, 16)})
+    with pytest.raises(TypeError, match="must be callable"):
+        EachSliced("pred", transform=3)
