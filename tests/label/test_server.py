@@ -231,7 +231,7 @@ def _expected_automatic(srv: Server, path: Path) -> np.ndarray:
     images, positions = _sequence(path)
     with torch.no_grad():
         logits = parser.get_parsed_content("inferer")(images, net, positions=positions)
-    return (torch.sigmoid(logits)[0, 0] > 0.5).numpy()
+    return _postprocessed(logits)
 
 
 def _expected_interactive(srv: Server, images, positions, slice_: int, prompts: dict) -> np.ndarray:
@@ -252,7 +252,22 @@ def _expected_interactive(srv: Server, images, positions, slice_: int, prompts: 
         )
     logits = torch.cat([bwd[:, :, 1:].flip(2), fwd], dim=2)
     assert logits.shape[2] == n
-    return (torch.sigmoid(logits)[0, 0] > 0.5).numpy()
+    return _postprocessed(logits)
+
+
+def _postprocessed(logits: torch.Tensor) -> np.ndarray:
+    """The bundle's post-processing, computed independently per slice with scipy: threshold at 0.5,
+    drop 4-connected components under (image_size / 16)^2 pixels, fill holes (8-connected)."""
+    from scipy import ndimage
+
+    masks = (torch.sigmoid(logits)[0, 0] > 0.5).numpy()
+    out = []
+    for m in masks:
+        lab, k = ndimage.label(m)
+        sizes = ndimage.sum(m, lab, range(1, k + 1))
+        kept = np.isin(lab, [i + 1 for i, n in enumerate(sizes) if n >= (SIZE // 16) ** 2])
+        out.append(ndimage.binary_fill_holes(kept, structure=np.ones((3, 3), bool)))
+    return np.stack(out)
 
 
 def _assert_same_mask(got: np.ndarray, expected: np.ndarray) -> None:
