@@ -17,6 +17,8 @@ import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
+from tests.reference import postprocess_reference
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
 META = str(CONFIGS / "metadata.json")
@@ -149,9 +151,10 @@ def test_inference_writes_masks_that_match_the_network(trained, dataset, tmp_pat
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     with torch.no_grad():
         probs = torch.sigmoid(net(data["image"][None], positions=data["positions"][None]))[0, 0]
+    masks = postprocess_reference(probs.numpy(), SIZE)
     for t, sl in enumerate(entry["slices"]):
         written = np.asarray(Image.open(out / sl["mask"])) > 0
-        expected = (probs[t] > 0.5).numpy()
+        expected = masks[t]
         assert (written != expected).mean() < 1e-3, sl["slice"]
         assert sl["foreground_fraction"] == pytest.approx(expected.mean(), abs=1e-3)
 

@@ -31,6 +31,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.reference import postprocess_reference
+
 pytestmark = pytest.mark.label
 
 if os.environ.get("PATHSEQSAM_LABEL_TESTS") != "required":
@@ -256,18 +258,7 @@ def _expected_interactive(srv: Server, images, positions, slice_: int, prompts: 
 
 
 def _postprocessed(logits: torch.Tensor) -> np.ndarray:
-    """The bundle's post-processing, computed independently per slice with scipy: threshold at 0.5,
-    drop 4-connected components under (image_size / 16)^2 pixels, fill holes (8-connected)."""
-    from scipy import ndimage
-
-    masks = (torch.sigmoid(logits)[0, 0] > 0.5).numpy()
-    out = []
-    for m in masks:
-        lab, k = ndimage.label(m)
-        sizes = ndimage.sum(m, lab, range(1, k + 1))
-        kept = np.isin(lab, [i + 1 for i, n in enumerate(sizes) if n >= (SIZE // 16) ** 2])
-        out.append(ndimage.binary_fill_holes(kept, structure=np.ones((3, 3), bool)))
-    return np.stack(out)
+    return postprocess_reference(torch.sigmoid(logits)[0, 0].numpy(), SIZE)
 
 
 def _assert_same_mask(got: np.ndarray, expected: np.ndarray) -> None:
