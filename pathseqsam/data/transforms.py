@@ -47,6 +47,7 @@ __all__ = [
     "RandSequenceSpatiald",
     "RandSequenceWindowd",
     "RandSliceStainJitterd",
+    "RemoveSmallRegions",
     "ResizeSequenced",
     "resize_sequence_image",
     "resize_sequence_mask",
@@ -586,17 +587,55 @@ class NormalizeSAM2d(MapTransform):
         return d
 
 
+class RemoveSmallRegions:
+    """Remove connected regions smaller than ``min_size`` pixels from a binary ``[C, H, W]`` slice.
+
+    The operation of MONAI's ``RemoveSmallObjects`` (4-connected by default), done with scipy: MONAI's
+    needs scikit-image, and importing its morphology made a two-process gloo evaluation abort at exit
+    here ("terminate called without an active exception").
+
+    Args:
+        min_size: smallest region kept, in pixels.
+        connectivity: 1 (edge neighbours) or 2 (also diagonal ones).
+    """
+
+    def __init__(self, min_size: int, connectivity: int = 1) -> None:
+        if min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {min_size}")
+        if connectivity not in (1, 2):
+            raise ValueError(f"connectivity must be 1 or 2, got {connectivity}")
+        self.min_size = int(min_size)
+        self.connectivity = connectivity
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        from scipy import ndimage
+
+        x = torch.as_tensor(img)
+        if x.ndim != 3:
+            raise SequenceDataError(f"expected one slice [C, H, W], got shape {tuple(x.shape)}")
+        fg = x.detach().cpu().numpy() > 0
+        structure = ndimage.generate_binary_structure(2, self.connectivity)
+        keep = np.zeros_like(fg)
+        for c in range(fg.shape[0]):
+            labels, count = ndimage.label(fg[c], structure)
+            if count:
+                large = np.bincount(labels.ravel()) >= self.min_size
+                large[0] = False
+                keep[c] = large[labels]
+        return torch.as_tensor(keep, device=x.device).to(x.dtype)
+
+
 class EachSliced(MapTransform):
     """Apply a 2D MONAI array transform to every slice of ``[C, N, H, W]`` data on its own.
 
-    MONAI's morphology post-processing (``RemoveSmallObjects``, ``FillHoles``,
-    ``KeepLargestConnectedComponent``) treats ``[C, N, H, W]`` as a 3D volume; serial sections are
+    MONAI's morphology post-processing (``FillHoles``, ``KeepLargestConnectedComponent``, and
+    :class:`RemoveSmallRegions` here) treats ``[C, N, H, W]`` as a 3D volume; serial sections are
     not a voxel grid (variable spacing, each section its own patch), so connectivity must stay within
     a slice.
 
     Args:
         keys: keys of ``[C, N, H, W]`` tensors (e.g. the binarised ``pred``).
-        transform: a callable on ``[C, H, W]`` (e.g. ``monai.transforms.RemoveSmallObjects(min_size=64)``).
+        transform: a callable on ``[C, H, W]`` (e.g. ``RemoveSmallRegions(min_size=64)``).
         allow_missing_keys: skip absent keys.
     """
 

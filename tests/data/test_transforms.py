@@ -333,19 +333,19 @@ def test_load_errors_name_the_files(tmp_path):
     ]
 
 
-def test_each_sliced_keeps_connectivity_within_a_slice():
-    """RemoveSmallObjects on [C, N, H, W] would count a blob's voxels over all slices; EachSliced
-    removes what is small in its own slice, checked against scipy per slice."""
+def test_each_sliced_remove_small_regions_within_a_slice():
+    """Removal per slice (EachSliced + RemoveSmallRegions) checked against scipy per slice: a 9-pixel
+    blob repeated through 3 slices (27 voxels, which a 3D filter would keep) goes, a 36-pixel one stays;
+    diagonal neighbours are separate regions with connectivity 1 (MONAI's default), joined with 2."""
     from monai.data import MetaTensor
-    from monai.transforms import RemoveSmallObjects
 
-    from pathseqsam.data.transforms import EachSliced
+    from pathseqsam.data.transforms import EachSliced, RemoveSmallRegions
 
     pred = torch.zeros(1, 3, 16, 16)
     pred[0, :, 2:5, 2:5] = 1  # 9 px per slice, 27 voxels through the stack
     pred[0, 1, 8:14, 8:14] = 1  # 36 px, one slice
     data = {"pred": MetaTensor(pred, meta={"filename_or_obj": "case"})}
-    out = EachSliced("pred", RemoveSmallObjects(min_size=10))(data)["pred"]
+    out = EachSliced("pred", RemoveSmallRegions(min_size=10))(data)["pred"]
     expected = []
     for s in pred[0].numpy().astype(bool):
         lab, k = ndimage.label(s)
@@ -353,10 +353,18 @@ def test_each_sliced_keeps_connectivity_within_a_slice():
         expected.append(np.isin(lab, [i + 1 for i, n in enumerate(sizes) if n >= 10]))
     np.testing.assert_array_equal(out[0].numpy().astype(bool), np.stack(expected))
     assert out[0, 1, 8:14, 8:14].all() and not out[0, :, 2:5, 2:5].any()
-    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "case"
-    # the 3D transform would have kept the 27-voxel tube
-    assert RemoveSmallObjects(min_size=10)(pred)[0, :, 2:5, 2:5].all()
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "case" and out.dtype == pred.dtype
+
+    diagonal = torch.zeros(1, 8, 8)
+    diagonal[0, [1, 2, 3, 4], [1, 2, 3, 4]] = 1  # four pixels touching at corners only
+    assert not RemoveSmallRegions(min_size=2)(diagonal).any()
+    assert torch.equal(RemoveSmallRegions(min_size=2, connectivity=2)(diagonal), diagonal)
+
     with pytest.raises(SequenceDataError, match=r"'pred': expected \[C, N, H, W\]"):
-        EachSliced("pred", RemoveSmallObjects(min_size=10))({"pred": torch.zeros(1, 16, 16)})
+        EachSliced("pred", RemoveSmallRegions(min_size=10))({"pred": torch.zeros(1, 16, 16)})
+    with pytest.raises(SequenceDataError, match=r"expected one slice \[C, H, W\]"):
+        RemoveSmallRegions(min_size=10)(torch.zeros(16, 16))
     with pytest.raises(TypeError, match="must be callable"):
         EachSliced("pred", transform=3)
+    with pytest.raises(ValueError, match="connectivity must be 1 or 2"):
+        RemoveSmallRegions(min_size=1, connectivity=3)
