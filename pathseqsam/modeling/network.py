@@ -281,9 +281,9 @@ class PathSeqSAM(SAM2Base):
             )
         # SAM2 overwrites the mask logits with -1024 wherever the object score is negative (a hard
         # torch.where): a slice with a glomerulus whose object score dips below 0 then sends no
-        # gradient to the mask head, and prompt-free training from scratch collapses in spikes. In
-        # training the loss therefore sees the decoder's ungated masks (captured by a hook, same
-        # selection and upsampling as SAM2); memory and evaluation keep SAM2's gated ones.
+        # gradient to the mask head. In training the loss therefore sees the decoder's ungated masks
+        # (captured by a hook, same selection and upsampling as SAM2); memory and evaluation keep
+        # SAM2's gated ones. (The gradient argument; its effect was not measured in isolation.)
         captured: dict[str, Tensor] = {}
         hook = None
         if self.training and self.pred_obj_scores and self.ungated_training_masks:
