@@ -12,6 +12,7 @@ from pathseqsam.engine.handlers import (
     TrainingCurves,
     ValidationSummary,
 )
+from pathseqsam.engine.inferers import SequenceEnsembleInferer
 from pathseqsam.engine.patch_table import PerPatchSaver
 from pathseqsam.engine.prepare_batch import SequencePrepareBatch
 from pathseqsam.engine.setup import latest_checkpoint, prepare_datalist, resume_from_latest
@@ -24,6 +25,7 @@ __all__ = [
     "PerPatchSaver",
     "ProgressLogger",
     "SaveSequencePredictiond",
+    "SequenceEnsembleInferer",
     "SequencePrepareBatch",
     "ShardRecorder",
     "TrainingCurves",
