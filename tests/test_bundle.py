@@ -192,3 +192,40 @@ def test_resume_continues_from_latest_checkpoint(trained, dataset, tmp_path, cap
     from pathseqsam.engine import latest_checkpoint
 
     assert Path(latest_checkpoint(resumed_root / "models")).name == "checkpoint_epoch=2.pt"
+
+
+def test_inference_ensemble_averages_the_mirrored_passes(dataset, tmp_path):
+    """``--ensemble true``: the masks are those of the sigmoid averaged over the 4 in-plane mirrors,
+    recomputed here with direct network calls; they differ from the single pass's masks."""
+    from pathseqsam import build_pathseqsam
+    from pathseqsam.data.transforms import LoadSequenced, NormalizeSAM2d
+
+    torch.manual_seed(0)  # a random tiny model whose object score is forced positive: its mask
+    # logits hover around 0, so the mirrored passes visibly change the thresholded masks
+    net = build_pathseqsam(model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False).eval()
+    with torch.no_grad():
+        net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
+    visible = tmp_path / "visible"
+    (visible / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), visible / "models" / "model.pt")
+
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    case = datalist["test"][0]
+    item = {k: ([str(dataset / p) for p in v] if k in ("image", "label") else v) for k, v in case.items()}
+    data = NormalizeSAM2d("image")(LoadSequenced(["image", "label"])(item))
+    image, positions = data["image"][None], data["positions"][None]
+    probs = []
+    with torch.no_grad():
+        for dims in ((), (3,), (4,), (3, 4)):
+            x = torch.flip(image, dims) if dims else image
+            out = net(x, positions=positions)
+            probs.append(torch.sigmoid(torch.flip(out, dims) if dims else out)[0, 0])
+    ensembled = postprocess_reference(torch.stack(probs).mean(0).numpy(), SIZE)
+    single = postprocess_reference(probs[0].numpy(), SIZE)
+
+    out = _infer(visible, dataset, ensemble=True)
+    entry = json.loads((out / "summary.json").read_text())["cases"][case["case"]]
+    written = np.stack([np.asarray(Image.open(out / sl["mask"])) > 0 for sl in entry["slices"]])
+    assert 0.01 < written.mean() < 0.99  # masks neither empty nor full
+    assert (written != ensembled).mean() < 1e-3
+    assert (ensembled != single).mean() > 0.01  # the mirrored passes changed the masks here
