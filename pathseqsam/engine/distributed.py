@@ -66,7 +66,7 @@ def any_rank(flag: bool) -> bool:
     Returns:
         ``flag`` outside a process group, else the OR over all ranks.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if dist_rank_and_world()[1] == 1:
         return bool(flag)
     cuda = dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -84,9 +84,10 @@ def gather_lists(items: Sequence[Any]) -> list[Any]:
     Returns:
         ``list(items)`` outside a process group, else rank 0's items, then rank 1's, ...
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    world = dist_rank_and_world()[1]
+    if world == 1:
         return list(items)
-    parts: list[Any] = [None] * dist.get_world_size()
+    parts: list[Any] = [None] * world
     dist.all_gather_object(parts, list(items))
     return [item for part in parts for item in part]
 
