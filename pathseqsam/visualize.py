@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
-from pathseqsam.data.atomic import atomic_write
+from pathseqsam.atomic import atomic_write
 
 __all__ = ["PRED_COLOUR", "TRUTH_COLOUR", "denormalise", "overlay", "overlay_strip", "save_rgb"]
 

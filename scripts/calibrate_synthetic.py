@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from pathseqsam.data.datalist import load_datalist
-from pathseqsam.data.synthetic import SYNTHETIC_META, generate_synthetic_dataset
 from pathseqsam.data.transforms import LoadSequenced, NormalizeSAM2d
+from pathseqsam.synthetic import SYNTHETIC_META, generate_synthetic_dataset
 
 
 def load_slices(datalist: Path, split: str, image_size: int) -> dict[str, torch.Tensor]:
@@ -143,7 +143,7 @@ def save_predictions(
     path: Path, net: torch.nn.Module, data: dict[str, torch.Tensor], count: int = 12
 ) -> None:
     """Contact sheet of validation slices with a glomerulus: truth green, prediction cyan, damaged red."""
-    from pathseqsam.data.contact_sheet import save_contact_sheet
+    from pathseqsam.synthetic.contact_sheet import save_contact_sheet
 
     has_fg = (data["label"][:, 0] > 0.5).flatten(1).any(1)
     picks = torch.cat(

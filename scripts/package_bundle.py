@@ -206,7 +206,7 @@ def _large_files(src: Path, weights: Path | None, weights_url: str | None) -> st
 
 def _zip(folder: Path, archive: Path) -> None:
     """Write ``archive`` holding ``folder/...`` (the spec's archive format), atomically."""
-    # pathseqsam.data.atomic.atomic_write's pattern, written out: the packager runs where the
+    # pathseqsam.atomic.atomic_write's pattern, written out: the packager runs where the
     # package it ships need not be importable (tests/test_package_bundle.py runs it that way)
     tmp = archive.with_name(f".~{secrets.token_hex(4)}.{archive.name}")
     try:

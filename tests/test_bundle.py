@@ -28,7 +28,7 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
+    from pathseqsam.synthetic import generate_synthetic_dataset
 
     out = tmp_path_factory.mktemp("bundle") / "data"
     # seed 0 at 1 um/px: every validation and test section holds a glomerulus

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
+    from pathseqsam.synthetic import generate_synthetic_dataset
 
     out = tmp_path_factory.mktemp("ddp") / "data"
     # 8 cases: 4 training, 2 validation, 2 test (every rank gets validation data)

@@ -91,7 +91,7 @@ def unpacked(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
+    from pathseqsam.synthetic import generate_synthetic_dataset
 
     out = tmp_path_factory.mktemp("pkg") / "data"
     generate_synthetic_dataset(

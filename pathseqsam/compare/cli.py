@@ -41,8 +41,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pathseqsam.atomic import atomic_write_json
+from pathseqsam.compare.evalset import make_eval_set, synthetic_settings
+from pathseqsam.compare.plots import dice_boxplot, dice_vs_quality
+from pathseqsam.compare.report import comparisons, report_rows, write_report_csv, write_report_md
+from pathseqsam.compare.runner import RunSettings, load_result, run_variant
+from pathseqsam.compare.stats import damage_kinds, read_per_patch
 from pathseqsam.compare.variants import REFERENCE_VARIANT, Variant, discover_variants, select_variants
-from pathseqsam.data.atomic import atomic_write_json
+from pathseqsam.synthetic import SYNTHETIC_META
 
 __all__ = ["DEFAULT_EVAL_CASES", "DEFAULT_TOTAL_MINUTES", "OFFICIAL_OVERRIDES", "main", "parse_set"]
 
@@ -195,8 +201,6 @@ def _eta(done: list[dict[str, Any]], remaining: int, budget_min: float | None) -
 
 def _eval_datalist(args: argparse.Namespace, dataset_dir: str, out: Path) -> str | None:
     """The evaluation datalist: fresh synthetic cases for synthetic data (unless --eval-cases 0), else None."""
-    from pathseqsam.compare.evalset import make_eval_set, synthetic_settings
-
     if args.eval_cases == 0:
         return None
     if synthetic_settings(dataset_dir) is None:
@@ -233,12 +237,6 @@ def _report(
     datalist: str,
     context: dict[str, Any],
 ) -> Path:
-    from pathseqsam.compare.plots import dice_boxplot, dice_vs_quality
-    from pathseqsam.compare.report import comparisons, report_rows, write_report_csv, write_report_md
-    from pathseqsam.compare.runner import load_result
-    from pathseqsam.compare.stats import damage_kinds, read_per_patch
-    from pathseqsam.data.synthetic import SYNTHETIC_META
-
     results = [load_result(out / v.name) for v in variants]
     eval_lists = sorted({r.get("eval_datalist") or "" for r in results})
     eval_dir = Path(eval_lists[0]).parent if eval_lists[0] else Path(dataset_dir)
@@ -291,8 +289,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say("data: resolving the datalist (the demo set is generated if its folder is empty)")
     dataset_dir, datalist = _prepare_data(configs, overrides)
     eval_datalist = None if args.report_only else _eval_datalist(args, dataset_dir, out)
-
-    from pathseqsam.compare.runner import RunSettings, run_variant
 
     settings = RunSettings(
         configs_dir=configs,

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pathseqsam.data.atomic import atomic_write_json
+from pathseqsam.atomic import atomic_write_json
+from pathseqsam.synthetic import SYNTHETIC_META, generate_synthetic_dataset
 
 __all__ = ["EVAL_DATALIST", "GENERATOR_SETTINGS", "make_eval_set", "synthetic_settings"]
 
@@ -25,8 +26,6 @@ GENERATOR_SETTINGS = ("image_size", "field_um", "sections", "spacing_um", "degra
 def synthetic_settings(dataset_dir: str | Path) -> dict[str, Any] | None:
     """Generator arguments of a synthetic dataset (from ``synthetic_meta.json``: ``seed``, ``cases``,
     :data:`GENERATOR_SETTINGS`), or None for other data."""
-    from pathseqsam.data.synthetic import SYNTHETIC_META
-
     path = Path(dataset_dir) / SYNTHETIC_META
     if not path.is_file():
         return None
@@ -54,8 +53,6 @@ def make_eval_set(dataset_dir: str | Path, out_dir: str | Path, cases: int, seed
     Raises:
         ValueError: ``dataset_dir`` is not a synthetic dataset, or ``cases < 1``.
     """
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
-
     source = synthetic_settings(dataset_dir)
     if source is None:
         raise ValueError(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pathseqsam.atomic import atomic_write
 from pathseqsam.compare.stats import PatchTable
-from pathseqsam.data.atomic import atomic_write
 
 __all__ = ["dice_boxplot", "dice_vs_quality", "quality_groups"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from pathseqsam.atomic import atomic_write, atomic_write_text
 from pathseqsam.compare.stats import PatchTable, paired_difference, variant_summary
-from pathseqsam.data.atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "PAPER_TABLE1",

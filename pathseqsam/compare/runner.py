@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pathseqsam.atomic import atomic_write_json
 from pathseqsam.compare.variants import Variant
-from pathseqsam.data.atomic import atomic_write_json
+from pathseqsam.engine import WallTimeBudget
 
 __all__ = ["RESULT_FILE", "RunSettings", "count_parameters", "load_result", "run_variant"]
 
@@ -90,8 +91,6 @@ def _fresh_dir(path: Path) -> None:
 
 
 def _budget_handler(workflow: Any) -> Any:
-    from pathseqsam.engine import WallTimeBudget
-
     handlers = workflow.parser.get_parsed_content("train#handlers")
     return next((h for h in handlers if isinstance(h, WallTimeBudget)), None)
 

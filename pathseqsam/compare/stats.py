@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pathseqsam.engine.per_patch_saver import PER_PATCH_COLUMNS
 from pathseqsam.metrics import pooled_f1, summarise
 
 __all__ = [
@@ -72,8 +73,6 @@ def read_per_patch(path: str | Path, kinds: dict[tuple[str, int], list[str]] | N
     Raises:
         ValueError: missing columns or non-numeric values (the message names the file and line).
     """
-    from pathseqsam.engine.patch_table import PER_PATCH_COLUMNS
-
     path = Path(path)
     with open(path, newline="") as f:
         reader = csv.DictReader(f)

@@ -1,14 +1,15 @@
-"""Slice-sequence data: readers (KPIs, TIFF/NIfTI stacks, slice folders), transforms and the synthetic generator.
+"""Slice-sequence data: readers (KPIs, TIFF/NIfTI stacks, slice folders), datalists and transforms.
 
 Modules:
 
 * :mod:`~pathseqsam.data.kpis`: KPIs 2024 Task 1 tree -> datalist (``python -m pathseqsam.data.kpis``);
-* :mod:`~pathseqsam.data.stacks`: multi-page TIFF / NIfTI stacks and slice folders with a positions CSV;
-* :mod:`~pathseqsam.data.datalist`: the sequence datalist JSON (write, load, validate);
+* :mod:`~pathseqsam.data.stacks`: multi-page TIFF / NIfTI stacks (probe, read, write);
+* :mod:`~pathseqsam.data.datalist`: the sequence datalist JSON (write, load, validate) and slice folders
+  with a positions CSV;
 * :mod:`~pathseqsam.data.transforms`: MONAI dictionary transforms for ``[C, N, H, W]`` sequences;
-* :mod:`~pathseqsam.data.synthetic`: synthetic serial sections (``python -m pathseqsam.data.synthetic``);
-* :mod:`~pathseqsam.data.image_io`, :mod:`~pathseqsam.data.ordering`, :mod:`~pathseqsam.data.contact_sheet`:
-  slice decoding, patch order, contact sheets.
+* :mod:`~pathseqsam.data.image_io`, :mod:`~pathseqsam.data.ordering`: slice decoding, patch order.
+
+The synthetic generator is :mod:`pathseqsam.synthetic` (it never reads a user's file).
 
 Names are imported lazily so ``import pathseqsam.data`` stays cheap (no MONAI/torch until a
 transform is used).
@@ -28,10 +29,8 @@ __all__ = [
     "ResizeSequenced",
     "SequenceDataError",
     "build_kpis_datalist",
-    "generate_synthetic_dataset",
     "load_datalist",
     "probe_stack",
-    "save_contact_sheet",
     "scan_kpis",
     "sequence_transforms",
     "slice_folder_item",
@@ -46,10 +45,8 @@ _LAZY = {
     "load_datalist": "pathseqsam.data.datalist",
     "write_datalist": "pathseqsam.data.datalist",
     "probe_stack": "pathseqsam.data.stacks",
-    "slice_folder_item": "pathseqsam.data.stacks",
+    "slice_folder_item": "pathseqsam.data.datalist",
     "stack_item": "pathseqsam.data.stacks",
-    "generate_synthetic_dataset": "pathseqsam.data.synthetic",
-    "save_contact_sheet": "pathseqsam.data.contact_sheet",
     "LoadSequenced": "pathseqsam.data.transforms",
     "NormalizeSAM2d": "pathseqsam.data.transforms",
     "RandSequenceSpatiald": "pathseqsam.data.transforms",
@@ -60,12 +57,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pathseqsam.data.contact_sheet import save_contact_sheet
-    from pathseqsam.data.datalist import load_datalist, write_datalist
+    from pathseqsam.data.datalist import load_datalist, slice_folder_item, write_datalist
     from pathseqsam.data.errors import SequenceDataError
     from pathseqsam.data.kpis import build_kpis_datalist, scan_kpis
-    from pathseqsam.data.stacks import probe_stack, slice_folder_item, stack_item
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
+    from pathseqsam.data.stacks import probe_stack, stack_item
     from pathseqsam.data.transforms import (
         LoadSequenced,
         NormalizeSAM2d,

@@ -19,20 +19,24 @@ drive; :func:`load_datalist` resolves them against that folder, exactly like MON
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pathseqsam.data.atomic import atomic_write_json
+from pathseqsam.atomic import atomic_write_json
 from pathseqsam.data.errors import SequenceDataError
+from pathseqsam.data.image_io import IMAGE_SUFFIXES, read_image_size
 
 __all__ = [
     "DATALIST_SPLITS",
     "load_datalist",
+    "slice_folder_item",
     "validate_positions",
     "validate_sequence_item",
     "write_datalist",
@@ -239,3 +243,108 @@ def load_datalist(
                 new[key] = os.path.normpath(base / value)
         items.append(new)
     return items
+
+
+_IMAGE_COLUMNS = ("image", "file", "filename")
+_LABEL_COLUMNS = ("label", "mask")
+_POSITION_COLUMNS = ("x_um", "y_um", "z_um")
+
+
+def slice_folder_item(
+    positions_csv: str | os.PathLike,
+    image_dir: str | os.PathLike | None = None,
+    label_dir: str | os.PathLike | None = None,
+    case: str | None = None,
+    class_name: str = "slices",
+    masks: str = "optional",
+) -> dict[str, Any]:
+    """Datalist item for a folder of 2D slices (PNG/JPEG/TIFF) described by a positions CSV.
+
+    The CSV has a header row; columns ``image`` (file name, relative to ``image_dir``, default the CSV's
+    folder), optional ``label`` (relative to ``label_dir``, default the CSV's folder), and one or more of
+    ``x_um``, ``y_um``, ``z_um`` (micrometres). Row order is sequence order. Without a ``label`` column,
+    a file of the same name in ``label_dir`` (if given) is the mask.
+
+    Args:
+        positions_csv: the CSV file.
+        image_dir: folder of the image slices.
+        label_dir: folder of the mask slices.
+        case: case name (default: the image folder's name).
+        class_name: value of the item's ``class``.
+        masks: ``"required"`` (every slice needs a mask) or ``"optional"`` (no labels unless all exist).
+
+    Returns:
+        Datalist item with absolute paths.
+
+    Raises:
+        SequenceDataError: missing/malformed CSV, missing files, size mismatch, bad positions.
+    """
+    csv_path = Path(positions_csv)
+    if not csv_path.is_file():
+        raise SequenceDataError(f"{csv_path}: positions CSV not found")
+    image_root = Path(image_dir) if image_dir is not None else csv_path.parent
+    label_root = Path(label_dir) if label_dir is not None else csv_path.parent
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SequenceDataError(f"{csv_path}: cannot read CSV ({exc})") from exc
+    if not rows:
+        raise SequenceDataError(f"{csv_path}: no slices; expected a header row and one row per slice")
+    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in rows]
+    image_col = next((c for c in _IMAGE_COLUMNS if c in header), None)
+    label_col = next((c for c in _LABEL_COLUMNS if c in header), None)
+    pos_cols = [c for c in _POSITION_COLUMNS if c in header]
+    if image_col is None or not pos_cols:
+        raise SequenceDataError(
+            f"{csv_path}: columns {header}; expected an 'image' column and at least one of {list(_POSITION_COLUMNS)}"
+        )
+    images, labels, positions = [], [], []
+    for line, row in enumerate(rows, start=2):
+        image = image_root / row[image_col]
+        if not row[image_col] or not image.is_file():
+            raise SequenceDataError(f"{csv_path} line {line}: image file {image} not found")
+        try:
+            positions.append([float(row[c]) for c in pos_cols])
+        except ValueError as exc:
+            raise SequenceDataError(
+                f"{csv_path} line {line}: position columns {pos_cols} must be numbers ({exc})"
+            ) from exc
+        # Masks: the 'label' column, else a file of the same name in label_dir (only when given).
+        if label_col:
+            label = label_root / row[label_col] if row[label_col] else None
+        else:
+            label = Path(label_dir) / row[image_col] if label_dir is not None else None
+        if label is not None and label.is_file():
+            size, label_size = read_image_size(image), read_image_size(label)
+            if size != label_size:
+                raise SequenceDataError(
+                    f"{label}: mask is {label_size[1]}x{label_size[0]} px but image {image.name} is "
+                    f"{size[1]}x{size[0]} px; expected equal sizes"
+                )
+            labels.append(str(label))
+        else:
+            if masks == "required":
+                expected = label if label is not None else "a 'label' column or label_dir"
+                raise SequenceDataError(
+                    f"{csv_path} line {line}: no mask for {image.name} (expected {expected})"
+                )
+            labels.append(None)
+        if image.suffix.lower() not in IMAGE_SUFFIXES:
+            warnings.warn(f"{image}: unusual image suffix; will try to read it with Pillow", stacklevel=2)
+        images.append(str(image))
+    validate_positions(positions, len(images), str(csv_path), [Path(p).name for p in images])
+    item: dict[str, Any] = {
+        "image": images,
+        "positions_um": positions,
+        "case": case or image_root.resolve().name,
+        "class": class_name,
+    }
+    if all(lbl is not None for lbl in labels):
+        item["label"] = labels
+    elif label_col or label_dir is not None:
+        warnings.warn(
+            f"{csv_path}: some slices have no mask; the sequence is kept without labels", stacklevel=2
+        )
+    return item

@@ -21,22 +21,21 @@ order), so slice ``k`` is ``data[:, :, k].T`` (rows = y); RGB volumes are 4-D ``
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import tifffile
 
-from pathseqsam.data.atomic import atomic_write
+from pathseqsam.atomic import atomic_write
 from pathseqsam.data.datalist import validate_positions
 from pathseqsam.data.errors import SequenceDataError
-from pathseqsam.data.image_io import IMAGE_SUFFIXES, read_image_size
 
 __all__ = [
     "NIFTI_POSITIONS_ECODE",
@@ -46,8 +45,8 @@ __all__ = [
     "probe_stack",
     "read_stack_slices",
     "save_nifti_stack",
+    "save_stack",
     "save_tiff_stack",
-    "slice_folder_item",
     "stack_item",
 ]
 
@@ -183,7 +182,6 @@ def _resolution_um(page: Any, imagej_unit_um: float | None) -> tuple[float, floa
 
 
 def _probe_tiff(path: Path, z_spacing_um: float | None, assume_isotropic: bool) -> StackInfo:
-    import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -251,7 +249,6 @@ def _nifti_extension_positions(header: Any) -> list[float] | None:
 
 
 def _probe_nifti(path: Path, z_spacing_um: float | None) -> StackInfo:
-    import nibabel as nib
 
     try:
         img = nib.load(str(path))
@@ -341,8 +338,6 @@ def read_stack_slices(path: str | os.PathLike, indices: Sequence[int] | None = N
         raise SequenceDataError(f"{path}: stack file not found")
     try:
         if is_tiff_path(path):
-            import tifffile
-
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 n = _tiff_layout(path, series.axes, tuple(series.shape))[0]
@@ -355,8 +350,6 @@ def read_stack_slices(path: str | os.PathLike, indices: Sequence[int] | None = N
                     return _tiff_to_nhwc(np.stack(slices), "Z" + pages[0].axes, path)
                 return _tiff_to_nhwc(series.asarray(), series.axes, path)[idx]
         if is_nifti_path(path):
-            import nibabel as nib
-
             img = nib.load(str(path))
             n = _nifti_layout(path, tuple(img.shape))[0]
             idx = list(range(n)) if indices is None else [int(i) for i in indices]
@@ -381,18 +374,19 @@ def _check_indices(idx: Sequence[int], n: int, path: Path) -> None:
         raise SequenceDataError(f"{path}: slice index {bad[0]} out of range; the stack has {n} slices")
 
 
-def _check_volume(volume: np.ndarray, z_positions_um: Sequence[float], path: Path) -> np.ndarray:
+def _check_volume(volume: np.ndarray, z_positions_um: Sequence[float] | None, path: Path) -> np.ndarray:
     volume = np.asarray(volume)
     if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (1, 3, 4)):
         raise SequenceDataError(f"{path}: expected a volume [N, H, W] or [N, H, W, C], got {volume.shape}")
-    validate_positions(list(z_positions_um), volume.shape[0], str(path))
+    if z_positions_um is not None:
+        validate_positions(list(z_positions_um), volume.shape[0], str(path))
     return volume
 
 
 def save_tiff_stack(
     path: str | os.PathLike,
     volume: np.ndarray,
-    z_positions_um: Sequence[float],
+    z_positions_um: Sequence[float] | None = None,
     xy_spacing_um: float | None = None,
 ) -> Path:
     """Write ``[N, H, W(, C)]`` as an OME-TIFF with per-plane z positions, atomically.
@@ -403,22 +397,20 @@ def save_tiff_stack(
     Args:
         path: destination (``.ome.tif`` recommended).
         volume: uint8/uint16 volume, RGB as the last axis.
-        z_positions_um: one z per slice in micrometres.
+        z_positions_um: one z per slice in micrometres (None: not written, e.g. for masks whose
+            positions are those of their image).
         xy_spacing_um: in-plane pixel size (also written as resolution tags).
 
     Returns:
         The path written.
     """
-    import tifffile
-
     path = Path(path)
     volume = _check_volume(volume, z_positions_um, path)
     rgb = volume.ndim == 4 and volume.shape[-1] in (3, 4)
-    z = [float(v) for v in z_positions_um]
-    metadata: dict[str, Any] = {
-        "axes": "ZYXS" if rgb else "ZYX",
-        "Plane": {"PositionZ": z, "PositionZUnit": ["µm"] * len(z)},
-    }
+    z = [] if z_positions_um is None else [float(v) for v in z_positions_um]
+    metadata: dict[str, Any] = {"axes": "ZYXS" if rgb else "ZYX"}
+    if z:
+        metadata["Plane"] = {"PositionZ": z, "PositionZUnit": ["µm"] * len(z)}
     if len(z) > 1:
         metadata["PhysicalSizeZ"] = float(np.mean(np.diff(z)))
         metadata["PhysicalSizeZUnit"] = "µm"
@@ -440,8 +432,9 @@ def save_tiff_stack(
 def save_nifti_stack(
     path: str | os.PathLike,
     volume: np.ndarray,
-    z_positions_um: Sequence[float],
+    z_positions_um: Sequence[float] | None = None,
     xy_spacing_um: float = 1.0,
+    affine_like: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``[N, H, W(, C)]`` as NIfTI ``[x, y, z(, c)]`` in micrometre units, atomically.
 
@@ -451,26 +444,61 @@ def save_nifti_stack(
     Args:
         path: destination ``.nii`` or ``.nii.gz``.
         volume: volume, RGB as the last axis.
-        z_positions_um: one z per slice in micrometres.
+        z_positions_um: one z per slice in micrometres (None: slices 1 um apart from 0, or the
+            geometry of ``affine_like``).
         xy_spacing_um: in-plane pixel size.
+        affine_like: a NIfTI whose affine and units are copied instead (masks predicted from that
+            image then overlay it in any viewer).
 
     Returns:
         The path written.
     """
-    import nibabel as nib
-
     path = Path(path)
     volume = _check_volume(volume, z_positions_um, path)
-    z = [float(v) for v in z_positions_um]
     data = np.transpose(volume, (2, 1, 0, 3) if volume.ndim == 4 else (2, 1, 0))
-    dz = float(np.mean(np.diff(z))) if len(z) > 1 else 1.0
-    affine = np.diag([xy_spacing_um, xy_spacing_um, dz, 1.0])
-    affine[2, 3] = z[0]
-    img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-    img.header.set_xyzt_units("micron")
-    payload = json.dumps({"pathseqsam": {"slice_positions_um": z}}).encode("utf-8")
-    img.header.extensions.append(nib.nifti1.Nifti1Extension(NIFTI_POSITIONS_ECODE, payload))
+    if affine_like is not None:
+        source = nib.load(str(affine_like))
+        img = nib.Nifti1Image(np.ascontiguousarray(data), source.affine)
+        img.header.set_xyzt_units(*source.header.get_xyzt_units())
+    else:
+        z = [0.0] if z_positions_um is None else [float(v) for v in z_positions_um]
+        dz = float(np.mean(np.diff(z))) if len(z) > 1 else 1.0
+        affine = np.diag([xy_spacing_um, xy_spacing_um, dz, 1.0])
+        affine[2, 3] = z[0]
+        img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+        img.header.set_xyzt_units("micron")
+    if z_positions_um is not None:
+        payload = json.dumps({"pathseqsam": {"slice_positions_um": [float(v) for v in z_positions_um]}})
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(NIFTI_POSITIONS_ECODE, payload.encode()))
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+
+
+def save_stack(
+    path: str | os.PathLike,
+    volume: np.ndarray,
+    z_positions_um: Sequence[float] | None = None,
+    xy_spacing_um: float | None = None,
+    affine_like: str | os.PathLike | None = None,
+) -> Path:
+    """Write a stack in the format its name asks for: NIfTI for ``.nii``/``.nii.gz``, else OME-TIFF.
+
+    The one stack writer of the package: the synthetic generator, the bundle's inference writer and
+    the MONAI Label app all write stacks through it.
+
+    Args:
+        path: destination.
+        volume: ``[N, H, W]`` or ``[N, H, W, C]`` array, written with its dtype.
+        z_positions_um: one z per slice in micrometres, or None.
+        xy_spacing_um: in-plane pixel size, or None (unknown; NIfTI then says 1 um).
+        affine_like: NIfTI only: copy this NIfTI's affine (see :func:`save_nifti_stack`).
+
+    Returns:
+        The path written.
+    """
+    if is_nifti_path(path):
+        spacing = 1.0 if xy_spacing_um is None else xy_spacing_um
+        return save_nifti_stack(path, volume, z_positions_um, spacing, affine_like)
+    return save_tiff_stack(path, volume, z_positions_um, xy_spacing_um)
 
 
 def stack_item(
@@ -515,109 +543,4 @@ def stack_item(
                 f"image stack {Path(image).name} is {info.n_slices} x {info.height} x {info.width}; expected equal"
             )
         item["label"] = str(label)
-    return item
-
-
-_IMAGE_COLUMNS = ("image", "file", "filename")
-_LABEL_COLUMNS = ("label", "mask")
-_POSITION_COLUMNS = ("x_um", "y_um", "z_um")
-
-
-def slice_folder_item(
-    positions_csv: str | os.PathLike,
-    image_dir: str | os.PathLike | None = None,
-    label_dir: str | os.PathLike | None = None,
-    case: str | None = None,
-    class_name: str = "slices",
-    masks: str = "optional",
-) -> dict[str, Any]:
-    """Datalist item for a folder of 2D slices (PNG/JPEG/TIFF) described by a positions CSV.
-
-    The CSV has a header row; columns ``image`` (file name, relative to ``image_dir``, default the CSV's
-    folder), optional ``label`` (relative to ``label_dir``, default the CSV's folder), and one or more of
-    ``x_um``, ``y_um``, ``z_um`` (micrometres). Row order is sequence order. Without a ``label`` column,
-    a file of the same name in ``label_dir`` (if given) is the mask.
-
-    Args:
-        positions_csv: the CSV file.
-        image_dir: folder of the image slices.
-        label_dir: folder of the mask slices.
-        case: case name (default: the image folder's name).
-        class_name: value of the item's ``class``.
-        masks: ``"required"`` (every slice needs a mask) or ``"optional"`` (no labels unless all exist).
-
-    Returns:
-        Datalist item with absolute paths.
-
-    Raises:
-        SequenceDataError: missing/malformed CSV, missing files, size mismatch, bad positions.
-    """
-    csv_path = Path(positions_csv)
-    if not csv_path.is_file():
-        raise SequenceDataError(f"{csv_path}: positions CSV not found")
-    image_root = Path(image_dir) if image_dir is not None else csv_path.parent
-    label_root = Path(label_dir) if label_dir is not None else csv_path.parent
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SequenceDataError(f"{csv_path}: cannot read CSV ({exc})") from exc
-    if not rows:
-        raise SequenceDataError(f"{csv_path}: no slices; expected a header row and one row per slice")
-    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in rows]
-    image_col = next((c for c in _IMAGE_COLUMNS if c in header), None)
-    label_col = next((c for c in _LABEL_COLUMNS if c in header), None)
-    pos_cols = [c for c in _POSITION_COLUMNS if c in header]
-    if image_col is None or not pos_cols:
-        raise SequenceDataError(
-            f"{csv_path}: columns {header}; expected an 'image' column and at least one of {list(_POSITION_COLUMNS)}"
-        )
-    images, labels, positions = [], [], []
-    for line, row in enumerate(rows, start=2):
-        image = image_root / row[image_col]
-        if not row[image_col] or not image.is_file():
-            raise SequenceDataError(f"{csv_path} line {line}: image file {image} not found")
-        try:
-            positions.append([float(row[c]) for c in pos_cols])
-        except ValueError as exc:
-            raise SequenceDataError(
-                f"{csv_path} line {line}: position columns {pos_cols} must be numbers ({exc})"
-            ) from exc
-        # Masks: the 'label' column, else a file of the same name in label_dir (only when given).
-        if label_col:
-            label = label_root / row[label_col] if row[label_col] else None
-        else:
-            label = Path(label_dir) / row[image_col] if label_dir is not None else None
-        if label is not None and label.is_file():
-            size, label_size = read_image_size(image), read_image_size(label)
-            if size != label_size:
-                raise SequenceDataError(
-                    f"{label}: mask is {label_size[1]}x{label_size[0]} px but image {image.name} is "
-                    f"{size[1]}x{size[0]} px; expected equal sizes"
-                )
-            labels.append(str(label))
-        else:
-            if masks == "required":
-                expected = label if label is not None else "a 'label' column or label_dir"
-                raise SequenceDataError(
-                    f"{csv_path} line {line}: no mask for {image.name} (expected {expected})"
-                )
-            labels.append(None)
-        if image.suffix.lower() not in IMAGE_SUFFIXES:
-            warnings.warn(f"{image}: unusual image suffix; will try to read it with Pillow", stacklevel=2)
-        images.append(str(image))
-    validate_positions(positions, len(images), str(csv_path), [Path(p).name for p in images])
-    item: dict[str, Any] = {
-        "image": images,
-        "positions_um": positions,
-        "case": case or image_root.resolve().name,
-        "class": class_name,
-    }
-    if all(lbl is not None for lbl in labels):
-        item["label"] = labels
-    elif label_col or label_dir is not None:
-        warnings.warn(
-            f"{csv_path}: some slices have no mask; the sequence is kept without labels", stacklevel=2
-        )
     return item

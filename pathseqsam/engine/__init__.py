@@ -1,8 +1,9 @@
-"""Glue between PathSeqSAM and MONAI/Ignite engines (batch preparation, handlers, writers, run setup)."""
+"""Glue between PathSeqSAM and MONAI/Ignite engines (batch preparation, handlers, writers, datalist, resume)."""
 
 from __future__ import annotations
 
 from pathseqsam.engine.budget import WallTimeBudget
+from pathseqsam.engine.datalist_setup import prepare_datalist
 from pathseqsam.engine.distributed import ShardRecorder, handlers_for_rank
 from pathseqsam.engine.handlers import (
     AtomicCheckpointSaver,
@@ -13,9 +14,9 @@ from pathseqsam.engine.handlers import (
     ValidationSummary,
 )
 from pathseqsam.engine.inferers import SequenceEnsembleInferer
-from pathseqsam.engine.patch_table import PerPatchSaver
+from pathseqsam.engine.per_patch_saver import PerPatchSaver
 from pathseqsam.engine.prepare_batch import SequencePrepareBatch
-from pathseqsam.engine.setup import latest_checkpoint, prepare_datalist, resume_from_latest
+from pathseqsam.engine.resume import latest_checkpoint, resume_from_latest
 from pathseqsam.engine.writers import SaveSequencePredictiond
 
 __all__ = [

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from pathseqsam.data.atomic import atomic_write_json
+from pathseqsam.atomic import atomic_write_json
 
 __all__ = [
     "ALL_RANKS_HANDLERS",

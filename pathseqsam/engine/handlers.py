@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver, from_engine
 
-from pathseqsam.data.atomic import atomic_write
+from pathseqsam.atomic import atomic_write
 from pathseqsam.metrics import summarise
 from pathseqsam.visualize import overlay_strip
 

@@ -13,37 +13,11 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-from pathseqsam.data.atomic import atomic_write, atomic_write_json
+from pathseqsam.atomic import atomic_write_json
+from pathseqsam.data.stacks import is_nifti_path, is_tiff_path, save_stack
 from pathseqsam.visualize import denormalise, overlay, save_rgb
 
-__all__ = ["SaveSequencePredictiond", "write_mask_stack"]
-
-
-def write_mask_stack(
-    masks: np.ndarray, path: str | os.PathLike, source: str | os.PathLike | None = None
-) -> Path:
-    """Write masks ``[N, H, W]`` as one stack file, atomically.
-
-    Args:
-        masks: ``[N, H, W]`` array (e.g. uint8 0/255 or 0/1 label values), written as given.
-        path: destination; ``.nii``/``.nii.gz`` writes NIfTI ``[x, y, z]`` (slices last, columns first),
-            anything else a multi-page TIFF with axes ``ZYX``.
-        source: NIfTI the masks were predicted from: its affine is copied, so viewers overlay the
-            masks on it (identity affine when None).
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        affine = nib.load(source).affine if source is not None else np.eye(4)
-        img = nib.Nifti1Image(np.ascontiguousarray(masks.transpose(2, 1, 0)), affine)
-        return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
-    import tifffile
-
-    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, masks, metadata={"axes": "ZYX"}))
+__all__ = ["SaveSequencePredictiond"]
 
 
 def _stem(name: str) -> str:
@@ -122,7 +96,7 @@ class SaveSequencePredictiond(MapTransform):
             slices.append(entry)
         record: dict[str, Any] = {"slices": slices}
         source = str(d.get("image_source") or "")
-        if source.lower().endswith((".tif", ".tiff", ".nii", ".nii.gz")):
+        if is_tiff_path(source) or is_nifti_path(source):
             record["stack"] = str(
                 self._write_stack(pred, case_dir, case, source).relative_to(self.output_dir)
             )
@@ -132,6 +106,6 @@ class SaveSequencePredictiond(MapTransform):
     @staticmethod
     def _write_stack(pred: np.ndarray, case_dir: Path, case: str, source: str) -> Path:
         masks = pred.astype(np.uint8) * 255
-        if source.lower().endswith((".nii", ".nii.gz")):
-            return write_mask_stack(masks, case_dir / f"{case}_mask.nii.gz", source)
-        return write_mask_stack(masks, case_dir / f"{case}_mask.ome.tif")
+        if is_nifti_path(source):
+            return save_stack(case_dir / f"{case}_mask.nii.gz", masks, affine_like=source)
+        return save_stack(case_dir / f"{case}_mask.ome.tif", masks)

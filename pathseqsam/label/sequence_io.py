@@ -22,7 +22,8 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from pathseqsam.data.errors import SequenceDataError
-from pathseqsam.data.stacks import is_nifti_path, is_tiff_path, probe_stack
+from pathseqsam.data.stacks import is_nifti_path, is_tiff_path, probe_stack, save_stack
+from pathseqsam.visualize import save_rgb
 
 __all__ = ["SequenceItemd", "is_stack_file", "mask_suffix", "sequence_item", "sequence_length", "write_mask"]
 
@@ -141,9 +142,6 @@ def write_mask(mask: np.ndarray, path: str | os.PathLike, source: str | os.PathL
     Returns:
         The path written.
     """
-    from pathseqsam.engine.writers import write_mask_stack
-    from pathseqsam.visualize import save_rgb
-
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     if mask.ndim != 3:
         raise ValueError(f"mask must be [N, H, W], got shape {mask.shape}")
@@ -152,4 +150,4 @@ def write_mask(mask: np.ndarray, path: str | os.PathLike, source: str | os.PathL
             raise ValueError(f"{path}: a PNG holds one slice, got {mask.shape[0]}")
         return save_rgb(mask[0], path)
     nifti_source = source if source is not None and is_nifti_path(source) else None
-    return write_mask_stack(mask, path, nifti_source)
+    return save_stack(path, mask, affine_like=nifti_source)

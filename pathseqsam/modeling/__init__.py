@@ -15,6 +15,7 @@ from pathseqsam.modeling.lora import (
     trainable_summary,
 )
 from pathseqsam.modeling.network import PathSeqSAM
+from pathseqsam.modeling.settings import PathSeqSAMSettings
 
 __all__ = [
     "MODEL_CONFIGS",
@@ -22,6 +23,7 @@ __all__ = [
     "DistanceKernel",
     "MemoryBank",
     "PathSeqSAM",
+    "PathSeqSAMSettings",
     "adaptive_memory_scores",
     "apply_lora",
     "build_pathseqsam",

@@ -19,6 +19,7 @@ import torch
 from pathseqsam.modeling.checkpoint import load_sam2_checkpoint
 from pathseqsam.modeling.lora import apply_lora, configure_trainable, trainable_summary
 from pathseqsam.modeling.network import PathSeqSAM
+from pathseqsam.modeling.settings import PathSeqSAMSettings
 
 __all__ = ["MODEL_CONFIGS", "TINY_OVERRIDES", "build_pathseqsam", "instantiate_sam2", "sam2_hydra_overrides"]
 
@@ -138,17 +139,11 @@ def build_pathseqsam(
     lora_rank: int = 8,
     lora_alpha: float | None = None,
     lora_dropout: float = 0.0,
-    memory_k: int = 5,
-    memory_selection: str = "topk",
-    memory_pool_size: int = 16,
-    distance_mode: str = "multiplicative",
-    distance_unit_um: float = 4.0,
-    distance_lambda_init: float = 0.1,
-    multimask_output: bool | None = None,
     train_image_encoder: bool = False,
     frozen: Iterable[str] = (),
-    encoder_chunk: int = 1,
     device: str | torch.device | None = None,
+    settings: PathSeqSAMSettings | None = None,
+    **setting_overrides: Any,
 ) -> PathSeqSAM:
     """Build a PathSeqSAM network.
 
@@ -163,35 +158,28 @@ def build_pathseqsam(
             unless ``train_image_encoder``).
         lora_alpha: LoRA alpha (default ``2 * lora_rank``).
         lora_dropout: dropout of the LoRA branch.
-        memory_k: K of Eq. 2 (paper: 5).
-        memory_selection: ``"topk"`` (Eq. 2), ``"last"`` (SAM2's last-N frames) or ``"none"`` (no
-            memory: every slice segmented alone, SAM2 per slice; memory-only parameters frozen).
-        memory_pool_size: candidate slices kept in memory (bounds memory for long sequences).
-        distance_mode: ``"multiplicative"`` (Eq. 1), ``"additive"`` or ``"none"``.
-        distance_unit_um: micrometres per distance unit; set it to the typical slice spacing
-            (serial sections: a few um; KPIs patches: patch size x microns per pixel).
-        distance_lambda_init: initial lambda of ``phi(d) = exp(-lambda d^2)`` (paper: 0.1).
-        multimask_output: force SAM2's 3-mask output on/off; None keeps SAM2's rule.
         train_image_encoder: fine-tune the whole image encoder (instead of LoRA only).
         frozen: extra parameter-name prefixes to freeze.
-        encoder_chunk: slices per image-encoder call.
         device: where to put the model (default: CPU).
+        settings: the network's memory and distance settings
+            (:class:`~pathseqsam.modeling.settings.PathSeqSAMSettings`, documented there).
+        **setting_overrides: fields of those settings by name (``memory_k=5``,
+            ``distance_mode="multiplicative"``, ...), as the bundle's ``network_def`` passes them.
 
     Returns:
         The network, in train mode, with ``requires_grad`` set as described.
+
+    Raises:
+        TypeError: a keyword that is neither an argument above nor a settings field.
     """
-    net: PathSeqSAM = instantiate_sam2(
-        model,
-        image_size,
-        memory_k=memory_k,
-        memory_selection=memory_selection,
-        memory_pool_size=memory_pool_size,
-        distance_mode=distance_mode,
-        distance_unit_um=distance_unit_um,
-        distance_lambda_init=distance_lambda_init,
-        multimask_output=multimask_output,
-        encoder_chunk=encoder_chunk,
-    )
+    unknown = sorted(set(setting_overrides) - set(PathSeqSAMSettings.names()))
+    if unknown:
+        raise TypeError(
+            f"build_pathseqsam got unknown arguments {unknown}; settings fields are {list(PathSeqSAMSettings.names())}"
+        )
+    base = (settings or PathSeqSAMSettings()).as_dict()
+    settings = PathSeqSAMSettings(**{**base, **setting_overrides})
+    net: PathSeqSAM = instantiate_sam2(model, image_size, **settings.as_dict())
     if checkpoint is not None:
         load_sam2_checkpoint(net, checkpoint)
         logger.info("loaded SAM2 weights from %s", checkpoint)

@@ -13,8 +13,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import peft
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
+
+from pathseqsam.atomic import atomic_write
+from pathseqsam.modeling.network import MEMORY_ONLY_PARAMETERS
 
 __all__ = [
     "LORA_TARGET_REGEX",
@@ -28,14 +33,6 @@ __all__ = [
 ]
 
 LORA_TARGET_REGEX = r".*image_encoder\.trunk\.blocks\.\d+\.attn\.(qkv|proj)"
-
-
-def _peft():
-    try:
-        import peft
-    except ImportError as err:  # pragma: no cover - peft is a hard dependency of the package
-        raise ImportError("LoRA needs peft: pip install 'peft>=0.13'") from err
-    return peft
 
 
 def apply_lora(
@@ -58,7 +55,6 @@ def apply_lora(
     """
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-    peft = _peft()
     config = peft.LoraConfig(
         r=rank,
         lora_alpha=float(alpha if alpha is not None else 2 * rank),
@@ -70,8 +66,6 @@ def apply_lora(
 
 def lora_module_names(model: nn.Module) -> list[str]:
     """Names of the modules carrying LoRA adapters."""
-    from peft.tuners.lora import LoraLayer
-
     return [name for name, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
@@ -88,8 +82,6 @@ def configure_trainable(
         train_image_encoder: fine-tune the whole image encoder instead (no LoRA needed).
         frozen: extra name prefixes to freeze (e.g. ``["sam_prompt_encoder"]``).
     """
-    from pathseqsam.modeling.network import MEMORY_ONLY_PARAMETERS
-
     frozen = tuple(frozen)
     for name, p in model.named_parameters():
         if "lora_" in name:
@@ -125,8 +117,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
     Afterwards the module has plain SAM2 parameter names (``...attn.qkv.weight``) again.
     """
-    from peft.tuners.lora import LoraLayer
-
     wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
     for name, m in wrapped:
         m.merge(safe_merge=True)
@@ -154,8 +144,6 @@ def export_sam2_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     Returns:
         The written path.
     """
-    from pathseqsam.data.atomic import atomic_write
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in merged_state_dict(model).items()}

@@ -40,10 +40,9 @@ from pathseqsam.modeling.distance_attention import (
     estimate_distances_from_features,
     pairwise_distances,
 )
+from pathseqsam.modeling.settings import MEMORY_SELECTIONS, PathSeqSAMSettings
 
 __all__ = ["MEMORY_ONLY_PARAMETERS", "MEMORY_SELECTIONS", "PathSeqSAM"]
-
-MEMORY_SELECTIONS = ("topk", "last", "none")
 
 # Parameter-name prefixes that only serve the memory path: with ``memory_selection="none"`` they
 # never reach the mask logits, so :func:`pathseqsam.modeling.lora.configure_trainable` freezes them
@@ -66,59 +65,36 @@ class PathSeqSAM(SAM2Base):
 
     Args:
         *args: SAM2Base arguments (image_encoder, memory_attention, memory_encoder, ...).
-        memory_k: K of Eq. 2, the number of earlier slices kept in memory (paper: 5).
-        memory_selection: ``"topk"`` (Eq. 2), ``"last"`` (SAM2's stock last ``num_maskmem - 1``
-            frames and last ``max_obj_ptrs_in_encoder - 1`` object pointers; for ablations) or
-            ``"none"`` (every slice is segmented on its own, as a first frame: SAM2 per slice, the
-            baseline without memory; ``memory_k`` and the distance settings are then unused).
-        memory_pool_size: candidate slices kept in the bank (bounds memory for long sequences).
-        distance_mode: ``"multiplicative"`` (Eq. 1), ``"additive"`` or ``"none"``.
-        distance_unit_um: micrometres per distance unit in ``phi(d) = exp(-lambda d^2)``; set it to
-            the typical spacing of consecutive slices (see ``estimate_distances_from_features``).
-        distance_lambda_init: initial lambda (paper: 0.1).
-        multimask_output: force SAM2's 3-mask output on (True) or off (False); None keeps SAM2's rule.
-        encoder_chunk: slices per image-encoder call; 1 keeps inference memory flat in N, larger
-            batches the encoder (faster training on a GPU).
+        settings: PathSeqSAM's own settings; see :class:`~pathseqsam.modeling.settings.PathSeqSAMSettings`.
+            Its fields may instead be passed as keyword arguments (that is how SAM2's Hydra config
+            instantiates the class); each becomes an attribute of the same name.
         **kwargs: further SAM2Base keyword arguments.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        memory_k: int = 5,
-        memory_selection: str = "topk",
-        memory_pool_size: int = 16,
-        distance_mode: str = "multiplicative",
-        distance_unit_um: float = 4.0,
-        distance_lambda_init: float = 0.1,
-        multimask_output: bool | None = None,
-        encoder_chunk: int = 1,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        if memory_selection not in MEMORY_SELECTIONS:
-            raise ValueError(f"memory_selection must be one of {MEMORY_SELECTIONS}, got {memory_selection!r}")
-        if memory_k < 1:
-            raise ValueError(f"memory_k must be >= 1, got {memory_k}")
-        if not distance_unit_um > 0:
-            raise ValueError(f"distance_unit_um must be > 0, got {distance_unit_um}")
-        if encoder_chunk < 1:
-            raise ValueError(f"encoder_chunk must be >= 1, got {encoder_chunk}")
-        needed = max(memory_k, self.num_maskmem - 1, self.max_obj_ptrs_in_encoder - 1)
-        if memory_pool_size < needed:
+    def __init__(self, *args: Any, settings: PathSeqSAMSettings | None = None, **kwargs: Any) -> None:
+        own, kwargs = PathSeqSAMSettings.split(kwargs)
+        if settings is not None and own != PathSeqSAMSettings():
             raise ValueError(
-                f"memory_pool_size={memory_pool_size} must be >= {needed} (K, SAM2's frames and pointers)"
+                "pass PathSeqSAM's settings either as 'settings' or as keyword arguments, not both"
             )
-        self.memory_k = memory_k
-        self.memory_selection = memory_selection
-        self.memory_pool_size = memory_pool_size
-        self.distance_unit_um = float(distance_unit_um)
-        self.multimask_output = multimask_output
+        settings = settings or own
+        super().__init__(*args, **kwargs)
+        needed = max(settings.memory_k, self.num_maskmem - 1, self.max_obj_ptrs_in_encoder - 1)
+        if settings.memory_pool_size < needed:
+            raise ValueError(
+                f"memory_pool_size={settings.memory_pool_size} must be >= {needed} (K, SAM2's frames and pointers)"
+            )
+        self.settings = settings
+        self.memory_k = settings.memory_k
+        self.memory_selection = settings.memory_selection
+        self.memory_pool_size = settings.memory_pool_size
+        self.distance_unit_um = float(settings.distance_unit_um)
+        self.multimask_output = settings.multimask_output
         # see _segment_slice: train the mask head on SAM2's ungated logits (evaluation is unchanged)
         self.ungated_training_masks = True
-        self.encoder_chunk = encoder_chunk
-        self.distance_kernel = DistanceKernel(distance_mode, distance_lambda_init)
-        if distance_mode != "none":
+        self.encoder_chunk = settings.encoder_chunk
+        self.distance_kernel = DistanceKernel(settings.distance_mode, settings.distance_lambda_init)
+        if settings.distance_mode != "none":
             bad = [
                 i
                 for i, layer in enumerate(self.memory_attention.layers)
@@ -126,8 +102,8 @@ class PathSeqSAM(SAM2Base):
             ]
             if bad:
                 raise ValueError(
-                    f"distance_mode={distance_mode!r} needs DistanceAwareRoPEAttention as memory cross-attention "
-                    f"(layers {bad} are not): build the model with pathseqsam.build_pathseqsam"
+                    f"distance_mode={settings.distance_mode!r} needs DistanceAwareRoPEAttention as memory "
+                    f"cross-attention (layers {bad} are not): build the model with pathseqsam.build_pathseqsam"
                 )
 
     @property

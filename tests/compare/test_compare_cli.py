@@ -25,7 +25,7 @@ def _cli(out: Path, dataset: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
+    from pathseqsam.synthetic import generate_synthetic_dataset
 
     out = tmp_path_factory.mktemp("compare") / "data"
     # one test case of 4 sections, 2 of them degraded (never two neighbours), all with a glomerulus

@@ -19,7 +19,7 @@ from pathseqsam.compare.stats import (
     variant_summary,
 )
 from pathseqsam.compare.variants import DEFAULT_VARIANTS, discover_variants, select_variants
-from pathseqsam.engine.patch_table import PER_PATCH_COLUMNS
+from pathseqsam.engine.per_patch_saver import PER_PATCH_COLUMNS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 

@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: a small KPIs tree in both naming styles and a tiny synthetic set."""
+"""Fixtures for the data tests: a small KPIs tree in both naming styles."""
 
 from __future__ import annotations
 
@@ -68,13 +68,3 @@ def write_kpis_tree(root: Path) -> dict[str, dict]:
 def kpis_tree(tmp_path: Path) -> tuple[Path, dict[str, dict]]:
     """A fresh KPIs tree (both case-folder spellings, with and without class prefix, 56NX)."""
     return tmp_path, write_kpis_tree(tmp_path)
-
-
-@pytest.fixture(scope="session")
-def synthetic_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic dataset (3 cases x 5 sections, 96 px), generated once per session."""
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
-
-    out = tmp_path_factory.mktemp("synthetic") / "set"
-    generate_synthetic_dataset(out, cases=3, seed=7, image_size=96, sections=5, degraded_fraction=0.4)
-    return out

@@ -10,14 +10,15 @@ import pytest
 import tifffile
 from PIL import Image
 
+from pathseqsam.data.datalist import slice_folder_item
 from pathseqsam.data.errors import SequenceDataError
 from pathseqsam.data.stacks import (
     NIFTI_POSITIONS_ECODE,
     probe_stack,
     read_stack_slices,
     save_nifti_stack,
+    save_stack,
     save_tiff_stack,
-    slice_folder_item,
     stack_item,
 )
 
@@ -211,3 +212,16 @@ def test_slice_folder_size_mismatch_and_required_masks(tmp_path):
         SequenceDataError, match=r"s0_mask\.png: mask is 20x10 px but image s0\.png is 20x16 px"
     ):
         slice_folder_item(csv)
+
+
+def test_save_stack_is_the_one_writer_for_both_formats(tmp_path):
+    masks = np.zeros((3, 10, 12), np.uint8)
+    masks[1, 2:5, 3:9] = 255
+    tif = save_stack(tmp_path / "m.ome.tif", masks)  # no positions: a mask stack
+    np.testing.assert_array_equal(read_stack_slices(tif), masks)
+    image = save_stack(tmp_path / "img.nii.gz", masks, [0.0, 4.0, 9.0], xy_spacing_um=0.5)
+    assert probe_stack(image).z_positions_um == (0.0, 4.0, 9.0)
+    copied = save_stack(tmp_path / "mask.nii.gz", masks, affine_like=image)
+    np.testing.assert_allclose(nib.load(str(copied)).affine, nib.load(str(image)).affine)
+    np.testing.assert_array_equal(read_stack_slices(copied), masks)
+    assert nib.load(str(copied)).header.get_xyzt_units()[0] == "micron"

@@ -104,7 +104,7 @@ def _studies(tmp: Path) -> Path:
     import tifffile
     from PIL import Image
 
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
+    from pathseqsam.synthetic import generate_synthetic_dataset
 
     data = tmp / "data"
     generate_synthetic_dataset(

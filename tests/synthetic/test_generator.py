@@ -16,14 +16,14 @@ from pathseqsam.data.errors import SequenceDataError
 from pathseqsam.data.image_io import read_slice, to_binary_mask
 from pathseqsam.data.kpis import scan_kpis
 from pathseqsam.data.stacks import probe_stack, read_stack_slices
-from pathseqsam.data.synthetic import SYNTHETIC_META, generate_synthetic_dataset, main, synthetic_case_names
-from pathseqsam.data.synthetic_degrade import (
+from pathseqsam.data.transforms import sequence_transforms
+from pathseqsam.synthetic import SYNTHETIC_META, generate_synthetic_dataset, main, synthetic_case_names
+from pathseqsam.synthetic.degrade import (
     Degradation,
     apply_degradation,
     choose_degraded_sections,
 )
-from pathseqsam.data.synthetic_tissue import concentrations_to_rgb, make_tissue_block, render_section
-from pathseqsam.data.transforms import sequence_transforms
+from pathseqsam.synthetic.tissue import concentrations_to_rgb, make_tissue_block, render_section
 
 SPLITS = ("training", "validation", "test")
 
@@ -160,7 +160,7 @@ def test_output_folder_safety(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "syn"]  # the old copy is gone
 
     # A failure half-way leaves neither a partial dataset nor a staging folder.
-    import pathseqsam.data.synthetic as synthetic
+    import pathseqsam.synthetic.generator as synthetic
 
     calls = {"n": 0}
     real = synthetic.render_section
@@ -287,7 +287,7 @@ def test_clean_sections_are_not_a_colour_threshold_task():
 def test_easy_difficulty_drops_hard_negatives_and_keeps_realistic_blocks():
     """``easy`` (the bundle's CPU demo): no infiltrates or arterioles, 1-3 glomeruli centred inside
     the sectioned depth; ``realistic`` blocks are unchanged by the option (same draws, same values)."""
-    from pathseqsam.data.synthetic_tissue import ARTERIOLE
+    from pathseqsam.synthetic.tissue import TubeKind
 
     kinds_seen, counts = set(), []
     for seed in range(8):
@@ -302,7 +302,7 @@ def test_easy_difficulty_drops_hard_negatives_and_keeps_realistic_blocks():
         again = make_tissue_block(np.random.default_rng(seed), 256.0, (0.0, 40.0), difficulty="realistic")
         np.testing.assert_array_equal(default.nuclei, again.nuclei)
         assert [g.centre.tolist() for g in default.glomeruli] == [g.centre.tolist() for g in again.glomeruli]
-    assert ARTERIOLE not in kinds_seen
+    assert TubeKind.ARTERIOLE not in kinds_seen
     assert min(counts) >= 1 and max(counts) <= 3
     # over these seeds the realistic generator does draw infiltrates, which easy leaves out
     assert any(

@@ -29,38 +29,56 @@ not separate glomeruli from tubules.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 from scipy import ndimage
 
 __all__ = [
     "DIFFICULTIES",
+    "Compartment",
     "Glomerulus",
     "SectionRender",
     "TissueBlock",
+    "TubeKind",
     "concentrations_to_rgb",
     "make_tissue_block",
     "render_section",
 ]
 
-# Compartment codes of the rendered label map.
-GLASS, INTERSTITIUM, EPITHELIUM, TUBULE_LUMEN, BRUSH_BORDER, TUBULE_BM = 0, 1, 2, 3, 4, 5
-TUFT, CAPILLARY_LUMEN, BOWMAN_SPACE, CAPSULE, VESSEL_WALL, VESSEL_LUMEN, ELASTIC_LAMINA = (
-    6,
-    7,
-    8,
-    9,
-    10,
-    11,
-    12,
-)
-INFILTRATE = 13  # interstitium crowded with inflammatory cells
-N_COMPARTMENTS = 14
+
+class Compartment(IntEnum):
+    """Codes of the rendered compartment map (one per pixel); each has its own stain amounts."""
+
+    GLASS = 0
+    INTERSTITIUM = 1
+    EPITHELIUM = 2
+    TUBULE_LUMEN = 3
+    BRUSH_BORDER = 4
+    TUBULE_BM = 5
+    TUFT = 6
+    CAPILLARY_LUMEN = 7
+    BOWMAN_SPACE = 8
+    CAPSULE = 9
+    VESSEL_WALL = 10
+    VESSEL_LUMEN = 11
+    ELASTIC_LAMINA = 12
+    INFILTRATE = 13  # interstitium crowded with inflammatory cells
+
+
+N_COMPARTMENTS = len(Compartment)
 
 DIFFICULTIES = ("realistic", "easy")
 
-# Tube kinds.
-PROXIMAL, DISTAL, COLLECTING, ARTERIOLE = 0, 1, 2, 3
+
+class TubeKind(IntEnum):
+    """Kinds of tubes in the block: three tubule segments and the arterioles (hard negatives)."""
+
+    PROXIMAL = 0
+    DISTAL = 1
+    COLLECTING = 2
+    ARTERIOLE = 3
+
 
 # Optical density (R, G, B) of one unit of each stain: haematoxylin (blue-purple nuclei), PAS
 # (magenta basement membranes, brush borders, mesangium), red-cell pigment (orange-red).
@@ -74,23 +92,33 @@ _BASE_STAINS = np.array(
 
 # Base stain amounts (haematoxylin, PAS, red) per compartment, before texture and per-case ratios.
 _BASE_AMOUNTS = np.zeros((N_COMPARTMENTS, 3))
-_BASE_AMOUNTS[INTERSTITIUM] = (0.03, 0.13, 0.0)
-_BASE_AMOUNTS[EPITHELIUM] = (0.06, 0.40, 0.0)
-_BASE_AMOUNTS[TUBULE_LUMEN] = (0.01, 0.04, 0.0)
-_BASE_AMOUNTS[BRUSH_BORDER] = (0.03, 0.85, 0.0)
-_BASE_AMOUNTS[TUBULE_BM] = (0.02, 0.95, 0.0)
-_BASE_AMOUNTS[TUFT] = (0.08, 0.62, 0.0)
-_BASE_AMOUNTS[CAPILLARY_LUMEN] = (0.01, 0.06, 0.0)
-_BASE_AMOUNTS[BOWMAN_SPACE] = (0.0, 0.03, 0.0)
-_BASE_AMOUNTS[CAPSULE] = (0.03, 0.95, 0.0)
-_BASE_AMOUNTS[VESSEL_WALL] = (0.08, 0.42, 0.0)
-_BASE_AMOUNTS[VESSEL_LUMEN] = (0.0, 0.03, 0.0)
-_BASE_AMOUNTS[ELASTIC_LAMINA] = (0.02, 1.0, 0.0)
-_BASE_AMOUNTS[INFILTRATE] = (0.06, 0.22, 0.0)
+_BASE_AMOUNTS[Compartment.INTERSTITIUM] = (0.03, 0.13, 0.0)
+_BASE_AMOUNTS[Compartment.EPITHELIUM] = (0.06, 0.40, 0.0)
+_BASE_AMOUNTS[Compartment.TUBULE_LUMEN] = (0.01, 0.04, 0.0)
+_BASE_AMOUNTS[Compartment.BRUSH_BORDER] = (0.03, 0.85, 0.0)
+_BASE_AMOUNTS[Compartment.TUBULE_BM] = (0.02, 0.95, 0.0)
+_BASE_AMOUNTS[Compartment.TUFT] = (0.08, 0.62, 0.0)
+_BASE_AMOUNTS[Compartment.CAPILLARY_LUMEN] = (0.01, 0.06, 0.0)
+_BASE_AMOUNTS[Compartment.BOWMAN_SPACE] = (0.0, 0.03, 0.0)
+_BASE_AMOUNTS[Compartment.CAPSULE] = (0.03, 0.95, 0.0)
+_BASE_AMOUNTS[Compartment.VESSEL_WALL] = (0.08, 0.42, 0.0)
+_BASE_AMOUNTS[Compartment.VESSEL_LUMEN] = (0.0, 0.03, 0.0)
+_BASE_AMOUNTS[Compartment.ELASTIC_LAMINA] = (0.02, 1.0, 0.0)
+_BASE_AMOUNTS[Compartment.INFILTRATE] = (0.06, 0.22, 0.0)
 
 # Probability that a candidate nucleus centred in a compartment is kept (nuclear density).
 _NUCLEUS_KEEP = np.zeros(N_COMPARTMENTS)
-_NUCLEUS_KEEP[[INTERSTITIUM, EPITHELIUM, TUFT, CAPSULE, VESSEL_WALL, BRUSH_BORDER, INFILTRATE]] = (
+_NUCLEUS_KEEP[
+    [
+        Compartment.INTERSTITIUM,
+        Compartment.EPITHELIUM,
+        Compartment.TUFT,
+        Compartment.CAPSULE,
+        Compartment.VESSEL_WALL,
+        Compartment.BRUSH_BORDER,
+        Compartment.INFILTRATE,
+    ]
+] = (
     0.04,
     0.45,
     0.95,
@@ -102,7 +130,11 @@ _NUCLEUS_KEEP[[INTERSTITIUM, EPITHELIUM, TUFT, CAPSULE, VESSEL_WALL, BRUSH_BORDE
 # Distal tubules and collecting ducts have smaller, more crowded cells than proximal tubules.
 _EPITHELIUM_DENSITY = {0: 1.0, 1: 1.5, 2: 1.8, 3: 1.0}
 _RBC_KEEP = np.zeros(N_COMPARTMENTS)
-_RBC_KEEP[[CAPILLARY_LUMEN, VESSEL_LUMEN, INTERSTITIUM]] = (0.9, 0.9, 0.02)
+_RBC_KEEP[[Compartment.CAPILLARY_LUMEN, Compartment.VESSEL_LUMEN, Compartment.INTERSTITIUM]] = (
+    0.9,
+    0.9,
+    0.02,
+)
 
 
 class LatticeNoise:
@@ -296,11 +328,13 @@ def _grow_tubes(
         is_artery = n_arterioles > 0
         if is_artery:
             n_arterioles -= 1
-            kind, radius, lumen = ARTERIOLE, rng.uniform(11.0, 20.0), rng.uniform(0.35, 0.55)
+            kind, radius, lumen = TubeKind.ARTERIOLE, rng.uniform(11.0, 20.0), rng.uniform(0.35, 0.55)
         else:
-            kind = int(rng.choice([PROXIMAL, DISTAL, COLLECTING], p=[0.6, 0.3, 0.1]))
-            radius = rng.uniform(16.0, 24.0) if kind == PROXIMAL else rng.uniform(13.0, 19.0)
-            lumen = rng.uniform(0.12, 0.25) if kind == PROXIMAL else rng.uniform(0.3, 0.5)
+            kind = int(
+                rng.choice([TubeKind.PROXIMAL, TubeKind.DISTAL, TubeKind.COLLECTING], p=[0.6, 0.3, 0.1])
+            )
+            radius = rng.uniform(16.0, 24.0) if kind == TubeKind.PROXIMAL else rng.uniform(13.0, 19.0)
+            lumen = rng.uniform(0.12, 0.25) if kind == TubeKind.PROXIMAL else rng.uniform(0.3, 0.5)
         step = 28.0
         point = rng.uniform(lo, hi)
         for _ in range(20):
@@ -341,11 +375,11 @@ def _stain_variation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     stains = np.clip(stains, 0.05, None)
     amounts = _BASE_AMOUNTS.copy()
     amounts[:, 1] *= rng.uniform(0.85, 1.15)
-    amounts[TUFT] *= rng.uniform(0.8, 1.15)
-    amounts[EPITHELIUM] *= rng.uniform(0.8, 1.35)
-    amounts[BRUSH_BORDER] *= rng.uniform(0.7, 1.2)
-    amounts[VESSEL_WALL] *= rng.uniform(0.8, 1.3)
-    amounts[INTERSTITIUM] *= rng.uniform(0.7, 1.5)
+    amounts[Compartment.TUFT] *= rng.uniform(0.8, 1.15)
+    amounts[Compartment.EPITHELIUM] *= rng.uniform(0.8, 1.35)
+    amounts[Compartment.BRUSH_BORDER] *= rng.uniform(0.7, 1.2)
+    amounts[Compartment.VESSEL_WALL] *= rng.uniform(0.8, 1.3)
+    amounts[Compartment.INTERSTITIUM] *= rng.uniform(0.7, 1.5)
     return stains, amounts
 
 
@@ -375,7 +409,7 @@ def make_tissue_block(
     glomeruli = _place_glomeruli(rng, field_um, z_range, easy)
     paths, radii, lumens, kinds = _grow_tubes(rng, field_um, z_range, glomeruli)
     if easy:  # arterioles (round, ring-like hard negatives) drawn as proximal tubules
-        kinds = [PROXIMAL if k == ARTERIOLE else k for k in kinds]
+        kinds = [TubeKind.PROXIMAL if k == TubeKind.ARTERIOLE else k for k in kinds]
     seg_a = np.concatenate([p[:-1] for p in paths])
     seg_b = np.concatenate([p[1:] for p in paths])
     seg_tube = np.concatenate([np.full(len(p) - 1, i) for i, p in enumerate(paths)])
@@ -586,7 +620,7 @@ def render_section(block: TissueBlock, z: float, image_size: int, rng: np.random
     step = block.field_um / image_size
     xs = ((np.arange(image_size) + 0.5) * step).astype(np.float32)
     ys = xs
-    comp = np.full((image_size, image_size), INTERSTITIUM, dtype=np.uint8)
+    comp = np.full((image_size, image_size), Compartment.INTERSTITIUM, dtype=np.uint8)
     fine_sigma = max(0.6, 1.2 / step)
     fine = _smooth_noise(rng, image_size, fine_sigma)
 
@@ -598,17 +632,21 @@ def render_section(block: TissueBlock, z: float, image_size: int, rng: np.random
     radius = block.tube_radius[tid].astype(np.float32)
     lumen = block.tube_lumen[tid] * (1.0 + 0.12 * fine)
     px_norm = step / radius  # one pixel in normalised radius units
-    is_artery = kind == ARTERIOLE
-    comp[in_tube] = EPITHELIUM
-    comp[in_tube & (r_tube >= 1.0 - np.maximum(0.07, 0.9 * px_norm))] = TUBULE_BM
-    comp[in_tube & ((r_other - r_tube) * radius < max(1.5, 0.9 * step))] = TUBULE_BM  # touching tubules
-    comp[in_tube & (r_tube < lumen + 0.14) & (kind == PROXIMAL)] = BRUSH_BORDER
-    comp[in_tube & (r_tube < lumen)] = TUBULE_LUMEN
-    comp[in_tube & is_artery] = VESSEL_WALL
-    comp[in_tube & is_artery & (np.abs(r_tube - lumen) < np.maximum(0.05, 0.6 * px_norm))] = ELASTIC_LAMINA
-    comp[in_tube & is_artery & (r_tube < lumen)] = VESSEL_LUMEN
+    is_artery = kind == TubeKind.ARTERIOLE
+    comp[in_tube] = Compartment.EPITHELIUM
+    comp[in_tube & (r_tube >= 1.0 - np.maximum(0.07, 0.9 * px_norm))] = Compartment.TUBULE_BM
+    comp[in_tube & ((r_other - r_tube) * radius < max(1.5, 0.9 * step))] = (
+        Compartment.TUBULE_BM
+    )  # touching tubules
+    comp[in_tube & (r_tube < lumen + 0.14) & (kind == TubeKind.PROXIMAL)] = Compartment.BRUSH_BORDER
+    comp[in_tube & (r_tube < lumen)] = Compartment.TUBULE_LUMEN
+    comp[in_tube & is_artery] = Compartment.VESSEL_WALL
+    comp[in_tube & is_artery & (np.abs(r_tube - lumen) < np.maximum(0.05, 0.6 * px_norm))] = (
+        Compartment.ELASTIC_LAMINA
+    )
+    comp[in_tube & is_artery & (r_tube < lumen)] = Compartment.VESSEL_LUMEN
     # Interstitial gaps (shrinkage artefacts) between structures.
-    comp[(comp == INTERSTITIUM) & (block.noise["gaps"].grid(xs, ys, z) > 1.5)] = GLASS
+    comp[(comp == Compartment.INTERSTITIUM) & (block.noise["gaps"].grid(xs, ys, z) > 1.5)] = Compartment.GLASS
     # Inflammatory infiltrates fill the interstitium inside irregular spheres.
     if len(block.infiltrates):
         ragged = 1.0 + 0.25 * block.noise["lobes"].grid(xs + 700.0, ys, z)
@@ -616,33 +654,33 @@ def render_section(block: TissueBlock, z: float, image_size: int, rng: np.random
             if abs(z - cz) < r:
                 profile = np.sqrt(r * r - (z - cz) ** 2)
                 inside = np.hypot(xs[None, :] - cx, ys[:, None] - cy) < profile * ragged
-                comp[inside & (comp == INTERSTITIUM)] = INFILTRATE
+                comp[inside & (comp == Compartment.INTERSTITIUM)] = Compartment.INFILTRATE
 
     # Glomeruli override everything they contain.
     rho, tuft = _glomerulus_fields(block, z, xs, ys)
     mask = rho < 1.0
-    comp[mask] = CAPSULE
-    comp[mask & (rho < 1.0 - max(0.04, 0.9 * step / 45.0))] = BOWMAN_SPACE
+    comp[mask] = Compartment.CAPSULE
+    comp[mask & (rho < 1.0 - max(0.04, 0.9 * step / 45.0))] = Compartment.BOWMAN_SPACE
     in_tuft = mask & (tuft < 1.0)
-    comp[in_tuft] = TUFT
+    comp[in_tuft] = Compartment.TUFT
     capillary = block.noise["capillary"].grid(xs, ys, z) + 0.35 * fine
-    comp[in_tuft & (capillary > 0.6)] = CAPILLARY_LUMEN
+    comp[in_tuft & (capillary > 0.6)] = Compartment.CAPILLARY_LUMEN
 
     if block.edge is not None:  # a real tissue edge: no tissue, and no glomerulus, beyond it
         nx, ny, offset = block.edge
         wavy = offset + 12.0 * block.noise["shape"].grid(xs + 300.0, ys, z)
         outside = xs[None, :] * nx + ys[:, None] * ny > wavy
-        comp[outside] = GLASS
+        comp[outside] = Compartment.GLASS
         mask &= ~outside
 
     # Stain amounts with textures.
     amounts = block.amounts[comp].astype(np.float32)  # [H, W, 3]
     texture = 1.0 + 0.2 * fine
-    inter = comp == INTERSTITIUM
+    inter = comp == Compartment.INTERSTITIUM
     texture[inter] = np.clip(1.0 + 0.4 * block.noise["fibres"].grid(xs, ys, z) + 0.3 * fine, 0.2, None)[inter]
     # Capillary-loop basement membranes: the tuft is darkest next to the lumens.
     rim = np.exp(-(((capillary - 0.6) / 0.4) ** 2))
-    texture = np.where(comp == TUFT, 0.7 + 0.7 * rim + 0.1 * fine, texture)
+    texture = np.where(comp == Compartment.TUFT, 0.7 + 0.7 * rim + 0.1 * fine, texture)
     amounts *= texture[..., None]
     amounts *= (1.0 + 0.12 * block.noise["stain"].grid(xs, ys, z))[..., None]  # uneven staining
 
@@ -661,10 +699,10 @@ def render_section(block: TissueBlock, z: float, image_size: int, rng: np.random
     iy = np.clip((block.nuclei[near, 1] / step).astype(np.int64), 0, image_size - 1)
     r_at = r_tube[iy, ix]
     lumen_at = lumen[iy, ix]
-    apical = (near_comp == EPITHELIUM) & (r_at < lumen_at + 0.5 * (1.0 - lumen_at))
+    apical = (near_comp == Compartment.EPITHELIUM) & (r_at < lumen_at + 0.5 * (1.0 - lumen_at))
     prob = np.where(apical, 0.1 * prob, prob)
     density = np.vectorize(_EPITHELIUM_DENSITY.get)(kind[iy, ix]) if near.size else np.ones(0)
-    prob = np.where(near_comp == EPITHELIUM, prob * density, prob)
+    prob = np.where(near_comp == Compartment.EPITHELIUM, prob * density, prob)
     keep[near] = block.nuclei_u[near] < prob
     cover = _stamp_spheres(block.nuclei, block.nuclei_radius, keep, z, step, image_size)
     chromatin = np.clip(1.0 + 0.3 * _smooth_noise(rng, image_size, 0.7), 0.4, None)
@@ -675,7 +713,7 @@ def render_section(block: TissueBlock, z: float, image_size: int, rng: np.random
     keep = np.zeros(len(block.rbc), dtype=bool)
     keep[near] = block.rbc_u[near] < _RBC_KEEP[centre_comp(block.rbc[near])]
     amounts[..., 2] += 0.75 * _stamp_spheres(block.rbc, block.rbc_radius, keep, z, step, image_size)
-    amounts[comp == GLASS] *= 0.05
+    amounts[comp == Compartment.GLASS] *= 0.05
 
     # Optics: a slight blur (about 0.8 um), which also anti-aliases the hard compartment edges.
     sigma = max(0.4, 0.8 / step)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from pathseqsam.data.atomic import atomic_write
+from pathseqsam.atomic import atomic_write
 from pathseqsam.engine.distributed import dist_rank_and_world, gather_lists
 from pathseqsam.metrics import slice_names_for_saver
 

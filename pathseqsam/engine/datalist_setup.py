@@ -1,14 +1,14 @@
-"""Run setup used by the bundle configs: find or make the datalist, find the latest checkpoint."""
+"""The bundle's datalist: the dataset folder's ``datalist.json``, or the synthetic demo set made on first use."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Any
 
-__all__ = ["latest_checkpoint", "prepare_datalist", "resume_from_latest"]
+from pathseqsam.synthetic import generate_synthetic_dataset
+
+__all__ = ["prepare_datalist"]
 
 logger = logging.getLogger("pathseqsam")
 
@@ -36,7 +36,7 @@ def prepare_datalist(
         field_um: demo field of view; 256 um at 256 px is 1 um per pixel, glomeruli 60-120 px across.
         difficulty: demo difficulty (``"easy"``: no inflammatory infiltrates or arterioles, so the
             randomly initialised CPU model learns it in minutes; ``"realistic"``: every hard negative),
-            see :func:`pathseqsam.data.synthetic.generate_synthetic_dataset`.
+            see :func:`pathseqsam.synthetic.generate_synthetic_dataset`.
         workers: processes rendering the demo cases (the result does not depend on it).
 
     Returns:
@@ -56,8 +56,6 @@ def prepare_datalist(
         )
     if not generate_if_empty:
         raise FileNotFoundError(f"{path} not found and {root} is empty")
-    from pathseqsam.data.synthetic import generate_synthetic_dataset
-
     logger.info(
         "%s is empty: generating the synthetic demo set (%d cases, seed %d, %s)",
         root,
@@ -76,40 +74,3 @@ def prepare_datalist(
             workers=workers,
         )
     )
-
-
-def latest_checkpoint(directory: str | os.PathLike, prefix: str = "checkpoint_epoch=") -> str | None:
-    """The ``<prefix><epoch>.pt`` with the highest epoch in ``directory``, or None."""
-    found = []
-    for p in Path(directory).glob(f"{prefix}*.pt"):
-        m = re.fullmatch(re.escape(prefix) + r"(\d+)\.pt", p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return str(max(found)[1]) if found else None
-
-
-def resume_from_latest(
-    trainer: Any, ckpt_dir: str | os.PathLike, load_dict: dict, map_location: Any = None
-) -> str | None:
-    """Attach a ``CheckpointLoader`` for the latest ``checkpoint_epoch=*.pt`` to ``trainer``, if any.
-
-    Training then continues from that epoch (model, optimizer, scheduler and engine state restored).
-
-    Args:
-        trainer: the MONAI trainer, before ``run()``.
-        ckpt_dir: checkpoint folder.
-        load_dict: objects to restore (``{"model": ..., "optimizer": ..., "trainer": ...}``).
-        map_location: device for the loaded tensors.
-
-    Returns:
-        The checkpoint path, or None when there is nothing to resume (a fresh run).
-    """
-    from monai.handlers import CheckpointLoader
-
-    path = latest_checkpoint(ckpt_dir)
-    if path is None:
-        logger.info("resume requested but %s has no checkpoint_epoch=*.pt: starting a fresh run", ckpt_dir)
-        return None
-    logger.info("resuming from %s", path)
-    CheckpointLoader(load_path=path, load_dict=load_dict, map_location=map_location).attach(trainer)
-    return path

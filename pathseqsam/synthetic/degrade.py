@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from pathseqsam.synthetic.tissue import concentrations_to_rgb
+
 __all__ = [
     "DEGRADATION_KINDS",
     "Degradation",
@@ -131,8 +133,6 @@ def apply_degradation(
     Returns:
         float32 RGB ``[H, W, 3]`` in [0, 1].
     """
-    from pathseqsam.data.synthetic_tissue import concentrations_to_rgb
-
     size = amounts.shape[-1]
     out = amounts.copy()
     rgb = None

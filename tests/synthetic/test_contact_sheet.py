@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pathseqsam.data.contact_sheet import save_contact_sheet
+from pathseqsam.synthetic.contact_sheet import save_contact_sheet
 
 
 def _count(rgb: np.ndarray, colour: tuple[int, int, int], tol: int = 60) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathseqsam.data.atomic import atomic_write
+from pathseqsam.atomic import atomic_write
 
 __all__ = ["save_contact_sheet"]
 

@@ -1,0 +1,59 @@
+"""The standard transform chain of training and evaluation, as one ``Compose``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from monai.transforms import Compose
+
+from pathseqsam.data.transforms.augmentation import RandSequenceSpatiald, RandSliceStainJitterd
+from pathseqsam.data.transforms.loading import LoadSequenced, NormalizeSAM2d, RandSequenceWindowd
+
+__all__ = [
+    "sequence_transforms",
+]
+
+
+def sequence_transforms(
+    image_size: int | Sequence[int],
+    train: bool,
+    window: int | None = None,
+    keys: Sequence[str] = ("image", "label"),
+    mask_threshold: float = 0.5,
+    max_stride: int = 1,
+    spatial_aug: bool = True,
+    stain_aug: bool = True,
+    z_spacing_um: float | None = None,
+) -> Compose:
+    """The standard chain: [window] -> load+resize -> [spatial aug -> stain jitter] -> normalise.
+
+    Args:
+        image_size: the model's ``image_size`` (int) or ``(H, W)``.
+        train: add the random window (when ``window`` is set) and the augmentations.
+        window: slices per training window; None or evaluation keeps whole sequences.
+        keys: image key then label key(s).
+        mask_threshold: see :class:`LoadSequenced`.
+        max_stride: see :class:`RandSequenceWindowd`.
+        spatial_aug: add :class:`RandSequenceSpatiald` (train only).
+        stain_aug: add :class:`RandSliceStainJitterd` (train only).
+        z_spacing_um: fallback spacing for stacks without metadata.
+
+    Returns:
+        A ``monai.transforms.Compose``.
+    """
+    keys = list(keys)
+    chain: list[Any] = []
+    if train and window:
+        chain.append(
+            RandSequenceWindowd(keys, window=window, max_stride=max_stride, z_spacing_um=z_spacing_um)
+        )
+    chain.append(
+        LoadSequenced(keys, spatial_size=image_size, mask_threshold=mask_threshold, z_spacing_um=z_spacing_um)
+    )
+    if train and spatial_aug:
+        chain.append(RandSequenceSpatiald(keys))
+    if train and stain_aug:
+        chain.append(RandSliceStainJitterd(keys[0]))
+    chain.append(NormalizeSAM2d(keys[0]))
+    return Compose(chain)

@@ -1,0 +1,433 @@
+"""Synthetic serial sections of kidney cortex, written in every layout the readers accept.
+
+Each case is a 3D block of tissue (:mod:`pathseqsam.synthetic.tissue`) cut into ``sections``
+sections at variable spacing (drawn in ``spacing_um``, occasionally doubled for a lost section, and
+rounded to whole pixels so the KPIs offsets below encode it exactly). About ``degraded_fraction`` of
+the sections, never two neighbours, are damaged (:mod:`pathseqsam.synthetic.degrade`); the
+mask of every section is the exact cross-section of the 3D glomeruli at its depth.
+
+Output (``out_dir``)::
+
+    Task1_patch_level/<train|validation|test>/synthetic/<case>/{img,mask}/*.jpg   KPIs layout
+    stacks/<case>_image.ome.tif, <case>_mask.ome.tif                              OME-TIFF, per-plane z
+    stacks/<case>_image.nii.gz, <case>_mask.nii.gz                                NIfTI, um units
+    datalist.json          the KPIs JPEG slices, positions [[z], ...], degraded flags (bundle default)
+    datalist_tiff.json, datalist_nifti.json     the same sequences as stacks
+    synthetic_meta.json    settings, per-case depths, damage kinds and parameters, glomerulus geometry
+    contact_sheet.png      one case, every section with its mask contour, damaged ones in red
+
+The KPIs layout has no z axis: section ``i`` of a case at depth ``z`` is written as patch
+``<prefix>_<i>_0_<z / mpp>_img.jpg`` (offset x = 0, y = z in pixels), so the KPIs reader (offset order
+``xy``, ``mpp_um={"synthetic": field_um / image_size}``) gives patch distances equal to the section
+distances and orders the patches in cutting order. Training cases use ``70_101``-style folders,
+validation and test cases ``70-107``; even cases carry the class prefix in file names, odd ones not.
+
+Everything is a deterministic function of ``seed`` (case ``k`` depends only on ``seed`` and ``k``).
+The dataset is built in a hidden sibling folder and moved into place at the end, so an interrupted
+run leaves nothing half-written.
+
+CLI::
+
+    python -m pathseqsam.synthetic --out DIR --cases 10 --seed 0 [--image-size 256] [--sections 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathseqsam.atomic import atomic_write, atomic_write_json
+from pathseqsam.data.datalist import write_datalist
+from pathseqsam.data.errors import SequenceDataError
+from pathseqsam.data.image_io import read_slice, to_binary_mask
+from pathseqsam.data.stacks import save_nifti_stack, save_tiff_stack
+from pathseqsam.synthetic.contact_sheet import save_contact_sheet
+from pathseqsam.synthetic.degrade import (
+    Degradation,
+    apply_degradation,
+    choose_degraded_sections,
+    sample_degradation,
+)
+from pathseqsam.synthetic.tissue import (
+    DIFFICULTIES,
+    concentrations_to_rgb,
+    make_tissue_block,
+    render_section,
+)
+
+__all__ = [
+    "SYNTHETIC_CLASS",
+    "SYNTHETIC_META",
+    "generate_synthetic_dataset",
+    "main",
+    "synthetic_case_names",
+]
+
+SYNTHETIC_CLASS = "synthetic"
+SYNTHETIC_META = "synthetic_meta.json"
+_SPLIT_FOLDERS = {"training": "train", "validation": "validation", "test": "test"}
+
+
+def synthetic_case_names(cases: int) -> list[tuple[str, str]]:
+    """Case folder names and splits: about 60 % training, 20 % validation, 20 % test (at least one
+    validation case from 2 cases on, one test case from 3 on).
+
+    Args:
+        cases: number of cases.
+
+    Returns:
+        ``[(folder_name, split), ...]`` in case order.
+    """
+    n_val = 0 if cases < 2 else max(1, round(0.2 * cases))
+    n_test = 0 if cases < 3 else max(1, round(0.2 * cases))
+    splits = ["training"] * (cases - n_val - n_test) + ["validation"] * n_val + ["test"] * n_test
+    return [(f"70_{101 + k}" if s == "training" else f"70-{101 + k}", s) for k, s in enumerate(splits)]
+
+
+def _section_depths(
+    rng: np.random.Generator, n: int, spacing_um: tuple[float, float], mpp: float
+) -> np.ndarray:
+    """Depths in um: spacing drawn in ``spacing_um`` (doubled with p = 0.1: a lost section), whole pixels."""
+    z_px = [0]
+    for _ in range(n - 1):
+        gap = rng.uniform(*spacing_um) * (2.0 if rng.random() < 0.1 else 1.0)
+        z_px.append(z_px[-1] + max(1, round(gap / mpp)))
+    return np.asarray(z_px, dtype=np.int64)
+
+
+def _save_jpeg(path: Path, array: np.ndarray, quality: int) -> None:
+    from PIL import Image
+
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="JPEG", quality=quality))
+
+
+def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
+    """Render and write one case (runs in a worker process when ``workers > 1``)."""
+    root, k, name, split = Path(task["root"]), task["index"], task["name"], task["split"]
+    size, field_um, mpp = task["image_size"], task["field_um"], task["field_um"] / task["image_size"]
+    rng = np.random.default_rng(np.random.SeedSequence(task["seed"], spawn_key=(k,)))
+    lo, hi = task["sections"]
+    n = int(rng.integers(lo, hi + 1))
+    z_px = _section_depths(rng, n, task["spacing_um"], mpp)
+    z_um = z_px * mpp
+    block = make_tissue_block(rng, field_um, (float(z_um[0]), float(z_um[-1])), task["difficulty"])
+    degraded = set(choose_degraded_sections(rng, n, task["degraded_fraction"]))
+
+    case_dir = root / "Task1_patch_level" / _SPLIT_FOLDERS[split] / SYNTHETIC_CLASS / name
+    prefix = f"{SYNTHETIC_CLASS}_{name}" if k % 2 == 0 else name
+    images, masks, image_files, mask_files, damage = [], [], [], [], []
+    for i in range(n):
+        section = render_section(block, float(z_um[i]), size, rng)
+        if i in degraded:
+            deg = sample_degradation(rng)
+            rgb = apply_degradation(deg, section.amounts, section.mask, rng, mpp, block.stains)
+        else:
+            deg = Degradation(kinds=[])
+            rgb = concentrations_to_rgb(section.amounts, block.stains)
+        rgb = rgb + rng.normal(0.0, 1.5 / 255.0, size=rgb.shape).astype(np.float32)  # sensor noise
+        image = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+        mask = section.mask.astype(np.uint8) * 255
+        stem = f"{prefix}_{i}_0_{int(z_px[i])}"
+        image_file = case_dir / "img" / f"{stem}_img.jpg"
+        mask_file = case_dir / "mask" / f"{stem}_mask.jpg"
+        _save_jpeg(image_file, image, task["jpeg_quality"])
+        _save_jpeg(mask_file, mask, 95)
+        images.append(image)
+        masks.append(mask)
+        image_files.append(image_file)
+        mask_files.append(mask_file)
+        damage.append({"kinds": deg.kinds, **{k2: round(v, 4) for k2, v in deg.params.items()}})
+
+    flags = [int(i in degraded) for i in range(n)]
+    positions = [[float(z)] for z in z_um]
+    item = {
+        "positions_um": positions,
+        "case": name,
+        "class": SYNTHETIC_CLASS,
+        "degraded": flags,
+        "mpp_um": mpp,
+    }
+    result: dict[str, Any] = {
+        "split": split,
+        "kpis": {"image": [str(p) for p in image_files], "label": [str(p) for p in mask_files], **item},
+        "meta": {
+            "case": name,
+            "split": split,
+            "z_um": [float(z) for z in z_um],
+            "degraded": flags,
+            "damage": damage,
+            # Geometry for independent checks: a point p is inside a glomerulus when
+            # |((p - centre) @ rotation) / semi_axes| < 1 (up to a +-3 % wobble of the capsule).
+            "glomeruli": [
+                {
+                    "centre_um": np.round(g.centre, 4).tolist(),
+                    "semi_axes_um": np.round(g.axes, 4).tolist(),
+                    "rotation": np.round(g.rotation, 6).tolist(),
+                }
+                for g in block.glomeruli
+            ],
+            "tissue_edge": None if block.edge is None else [round(v, 4) for v in block.edge],
+            "foreground_fraction": [round(float((m > 0).mean()), 5) for m in masks],
+        },
+    }
+    if task["stacks"]:
+        stack_dir = root / "stacks"
+        volume, mask_volume = np.stack(images), np.stack(masks)
+        tif_image = save_tiff_stack(stack_dir / f"{name}_image.ome.tif", volume, z_um, mpp)
+        tif_mask = save_tiff_stack(stack_dir / f"{name}_mask.ome.tif", mask_volume, z_um, mpp)
+        nii_image = save_nifti_stack(stack_dir / f"{name}_image.nii.gz", volume, z_um, mpp)
+        nii_mask = save_nifti_stack(
+            stack_dir / f"{name}_mask.nii.gz", (mask_volume > 0).astype(np.uint8), z_um, mpp
+        )
+        result["tiff"] = {"image": str(tif_image), "label": str(tif_mask), **item}
+        result["nifti"] = {"image": str(nii_image), "label": str(nii_mask), **item}
+    return result
+
+
+def _sheet(path: Path, results: list[dict[str, Any]]) -> str:
+    """Contact sheet of the validation case (else any case) showing glomeruli in most sections."""
+    pool = [r for r in results if r["split"] == "validation"] or results
+    result = max(pool, key=lambda r: sum(f > 0 for f in r["meta"]["foreground_fraction"]))
+    images = [read_slice(p)[0] for p in result["kpis"]["image"]]
+    masks = [to_binary_mask(read_slice(p)[0]) for p in result["kpis"]["label"]]
+    meta = result["meta"]
+    captions = [
+        f"z={z:g} um" + (f" {'+'.join(d['kinds'])}" if d["kinds"] else "")
+        for z, d in zip(meta["z_um"], meta["damage"])
+    ]
+    save_contact_sheet(
+        path,
+        images,
+        masks,
+        captions,
+        highlight=meta["degraded"],
+        title=f"synthetic case {meta['case']} ({meta['split']}): green = glomerulus mask, red = damaged section",
+    )
+    return str(meta["case"])
+
+
+def _parse_sections(sections: int | Sequence[int]) -> tuple[int, int]:
+    lo, hi = (sections, sections) if isinstance(sections, (int, np.integer)) else tuple(sections)
+    if not 1 <= int(lo) <= int(hi):
+        raise ValueError(f"sections must be a positive int or (min, max), got {sections!r}")
+    return int(lo), int(hi)
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise SequenceDataError(f"{out}: exists and is not a folder; expected a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise SequenceDataError(
+                f"{out}: folder is not empty; expected a new or empty folder (or overwrite=True to replace a "
+                "previous synthetic dataset)"
+            )
+        if not (out / SYNTHETIC_META).is_file():
+            raise SequenceDataError(
+                f"{out}: not a synthetic dataset (no {SYNTHETIC_META}); refusing to replace it"
+            )
+
+
+def generate_synthetic_dataset(
+    out_dir: str | os.PathLike,
+    cases: int = 10,
+    seed: int = 0,
+    image_size: int = 256,
+    sections: int | Sequence[int] = 10,
+    field_um: float = 512.0,
+    spacing_um: tuple[float, float] = (3.0, 7.0),
+    degraded_fraction: float = 0.3,
+    difficulty: str = "realistic",
+    jpeg_quality: int = 90,
+    stacks: bool = True,
+    contact_sheet: bool = True,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> Path:
+    """Generate a synthetic serial-section dataset (see the module docstring for the layout).
+
+    Args:
+        out_dir: new or empty folder (or a previous synthetic dataset with ``overwrite=True``).
+        cases: number of cases (blocks); split about 60/20/20 into training/validation/test.
+        seed: random seed.
+        image_size: section side in pixels; the field stays ``field_um`` wide, so larger sizes show
+            finer detail (mpp = field_um / image_size).
+        sections: sections per case, or ``(min, max)``.
+        field_um: side of the field of view in um.
+        spacing_um: range of the section spacing in um.
+        degraded_fraction: fraction of damaged sections per case (at most 0.5; never two neighbours).
+        difficulty: ``"realistic"`` (every hard negative) or ``"easy"`` (no inflammatory infiltrates or
+            arterioles, glomeruli centred in the stack; the bundle's CPU demo set), see
+            :func:`pathseqsam.synthetic.tissue.make_tissue_block`. Damage is the same in both.
+        jpeg_quality: quality of the image JPEGs (masks use 95).
+        stacks: also write the OME-TIFF and NIfTI stacks and their datalists.
+        contact_sheet: write ``contact_sheet.png`` for the validation case (else any case) with glomeruli
+            in the most sections.
+        workers: processes rendering cases in parallel (results do not depend on it).
+        overwrite: replace a previous synthetic dataset in ``out_dir``.
+
+    Returns:
+        Path of ``datalist.json``.
+
+    Raises:
+        SequenceDataError: ``out_dir`` is not empty and not a previous synthetic dataset.
+        ValueError: invalid settings.
+    """
+    if cases < 1:
+        raise ValueError(f"cases must be >= 1, got {cases}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32, got {image_size}")
+    section_range = _parse_sections(sections)
+    if not 0 < spacing_um[0] <= spacing_um[1]:
+        raise ValueError(f"spacing_um must be (min, max) with 0 < min <= max, got {spacing_um}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    out = Path(out_dir).absolute()
+    _prepare_out_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    names = synthetic_case_names(cases)
+    tasks = [
+        {
+            "root": str(staging),
+            "index": k,
+            "name": name,
+            "split": split,
+            "seed": int(seed),
+            "image_size": int(image_size),
+            "field_um": float(field_um),
+            "sections": section_range,
+            "spacing_um": (float(spacing_um[0]), float(spacing_um[1])),
+            "degraded_fraction": float(degraded_fraction),
+            "difficulty": difficulty,
+            "jpeg_quality": int(jpeg_quality),
+            "stacks": bool(stacks),
+        }
+        for k, (name, split) in enumerate(names)
+    ]
+    try:
+        staging.mkdir()
+        if workers > 1 and cases > 1:
+            with ProcessPoolExecutor(max_workers=min(workers, cases)) as pool:
+                results = list(pool.map(_generate_case, tasks))
+        else:
+            results = [_generate_case(task) for task in tasks]
+
+        # Paths inside results point into the staging folder; the datalists store them relative to
+        # it, so they stay valid once the folder is moved into place.
+        def split_lists(layout: str) -> dict[str, list[dict[str, Any]]]:
+            lists: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
+            for r in results:
+                lists[r["split"]].append(r[layout])
+            return lists
+
+        description = f"PathSeqSAM synthetic serial sections (seed {seed}, {cases} cases, {image_size} px)"
+        sheet_case = _sheet(staging / "contact_sheet.png", results) if contact_sheet else None
+        if stacks:
+            write_datalist(
+                split_lists("tiff"), staging / "datalist_tiff.json", extra={"description": description}
+            )
+            write_datalist(
+                split_lists("nifti"), staging / "datalist_nifti.json", extra={"description": description}
+            )
+        meta = {
+            "generator": "pathseqsam.synthetic",
+            "seed": int(seed),
+            "cases": int(cases),
+            "image_size": int(image_size),
+            "field_um": float(field_um),
+            "mpp_um": float(field_um) / int(image_size),
+            "sections": list(section_range),
+            "spacing_um": list(spacing_um),
+            "degraded_fraction": float(degraded_fraction),
+            "difficulty": difficulty,
+            "contact_sheet_case": sheet_case,
+            "kpis_reader": {
+                "offset_order": "xy",
+                "mpp_um": {SYNTHETIC_CLASS: float(field_um) / int(image_size)},
+            },
+            "case_meta": [r["meta"] for r in results],
+        }
+        atomic_write_json(staging / SYNTHETIC_META, meta)
+        write_datalist(split_lists("kpis"), staging / "datalist.json", extra={"description": description})
+
+        old = None
+        if out.is_dir():
+            if any(out.iterdir()):  # a previous synthetic dataset (checked above): swap it out
+                old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+                os.replace(out, old)
+            else:
+                out.rmdir()
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out / "datalist.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring).
+
+    Args:
+        argv: arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        Process exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m pathseqsam.synthetic", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", required=True, help="new or empty output folder")
+    parser.add_argument("--cases", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--sections", type=int, nargs="+", default=[10], help="N, or MIN MAX")
+    parser.add_argument("--field-um", type=float, default=512.0)
+    parser.add_argument("--spacing-um", type=float, nargs=2, default=(3.0, 7.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--degraded-fraction", type=float, default=0.3)
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="realistic")
+    parser.add_argument("--no-stacks", action="store_true", help="skip the TIFF/NIfTI stacks")
+    parser.add_argument("--no-contact-sheet", action="store_true")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous synthetic dataset")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        path = generate_synthetic_dataset(
+            args.out,
+            cases=args.cases,
+            seed=args.seed,
+            image_size=args.image_size,
+            sections=args.sections[0] if len(args.sections) == 1 else tuple(args.sections[:2]),
+            field_um=args.field_um,
+            spacing_um=tuple(args.spacing_um),
+            degraded_fraction=args.degraded_fraction,
+            difficulty=args.difficulty,
+            stacks=not args.no_stacks,
+            contact_sheet=not args.no_contact_sheet,
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
+    except (SequenceDataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+    if not args.no_contact_sheet:
+        print(f"contact sheet: {path.parent / 'contact_sheet.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
