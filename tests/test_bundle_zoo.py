@@ -4,7 +4,6 @@ network's in/out check, and what ``ckpt_export`` does (see "Export" in ``bundle/
 
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
 import importlib.metadata as md
@@ -17,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from tests.source_imports import source_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
@@ -167,16 +168,8 @@ def _imported_modules(package: Path) -> dict[str, set[str]]:
     """Top-level modules imported anywhere in ``package`` (lazy imports included) -> files."""
     found: dict[str, set[str]] = {}
     assert (package / "__init__.py").is_file(), package
-    for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                found.setdefault(name.split(".")[0], set()).add(path.relative_to(package).as_posix())
+    for path, name in source_imports(package):
+        found.setdefault(name.split(".")[0], set()).add(path.relative_to(package).as_posix())
     return found
 
 

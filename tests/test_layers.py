@@ -10,10 +10,11 @@ use ``data`` (it writes datalists and stacks with the readers' own writers); the
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from tests.source_imports import source_imports
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pathseqsam"
 
@@ -66,18 +67,11 @@ def _module_name(path: Path) -> str:
 
 def package_imports() -> list[tuple[str, str]]:
     """Every (importer, imported) pair of pathseqsam modules, from all import statements."""
-    pairs = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        importer = _module_name(path)
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            pairs += [(importer, n) for n in names if n == "pathseqsam" or n.startswith("pathseqsam.")]
-    return pairs
+    return [
+        (_module_name(path), name)
+        for path, name in source_imports(PACKAGE)
+        if name == "pathseqsam" or name.startswith("pathseqsam.")
+    ]
 
 
 def test_rule_catches_upward_and_sideways_imports():
