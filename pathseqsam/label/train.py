@@ -1,23 +1,34 @@
 """MONAI Label training task: the datastore's labelled images fine-tune the bundle.
 
 :class:`PathSeqSAMTrainTask` extends MONAI Label's ``BundleTrainTask``, which runs the bundle's own
-``configs/train.json`` (``monai.bundle.run``) with ``train#dataset#data`` and ``validate#dataset#data``
-set to the datastore's images and labels, ``train#trainer#max_epochs`` from the request, and a
-``CheckpointLoader`` for ``models/model.pt`` prepended to ``train#handlers`` (``network`` and
-``network_def`` exist in the config). The bundle's validation keeps the best model in
-``models/model.pt``, which the inference tasks reload. What it adds:
+``configs/train.json`` (``monai.bundle.run``) with ``train#trainer#max_epochs`` from the request and a
+``CheckpointLoader`` for the served ``models/model.pt`` prepended to ``train#handlers`` (``network``
+and ``network_def`` exist in the config). What it changes:
 
-* each datastore item becomes a sequence item (a stack with its slice positions, or a 2D patch);
-* every training case is repeated ``train#windows_per_case`` times, as in the bundle's own datalist;
-* a split with no validation items validates on the training items (so ``model.pt`` is written);
+* the request is cleaned against the typed whitelist (:func:`pathseqsam.label.options.train_options`:
+  ``max_epochs``, ``val_split``, ``device``); anything else is dropped, a wrong value is refused;
+* the datastore's items reach the config parser only as the path of a datalist FILE that the server
+  writes (``datalist`` override), never as override values: the parser evaluates strings starting
+  with ``$``, ``@`` or ``%``, and file names (case names) are not code. Each item is a sequence item
+  (a stack with its slice positions, or a 2D patch); the bundle repeats training cases
+  ``train#windows_per_case`` times itself;
+* at least one labelled image is always held out for validation (``val_split`` rounds to at least
+  one; a datastore with fewer than two labelled images cannot train);
+* checkpoints go to a staging folder (``models/.monailabel_train``), not over the served model: the
+  served weights are validated first, and the run's best weights replace ``models/model.pt`` only
+  when finished and strictly better on the held-out images (:mod:`pathseqsam.label.publish`);
 * cases shorter than the training ``window`` (2D patches) force ``batch_size`` 1 when lengths differ,
   since a batch needs equally long windows;
-* ``--conf bundle.<id> <value>`` server settings are passed on as overrides.
+* ``--conf bundle.<id> <value>`` server settings are passed on as overrides; training runs in one
+  process (multi-GPU training: the bundle's ``torchrun`` command, see the bundle README).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,22 +36,56 @@ from typing import Any
 from pathseqsam.label import INSTALL_HINT
 
 try:
+    from fastapi import HTTPException
     from monailabel.tasks.train.bundle import BundleTrainTask
 except ImportError as exc:  # pragma: no cover - exercised in the core environment's test
     raise ImportError(INSTALL_HINT) from exc
 
+from pathseqsam.atomic import atomic_write_json
+from pathseqsam.label.options import RequestRefused, clean_request, options_schema, train_options
+from pathseqsam.label.publish import publish_if_improved
 from pathseqsam.label.sequence_io import sequence_item, sequence_length
 
-__all__ = ["PathSeqSAMTrainTask"]
+__all__ = ["STAGING_DIR", "PathSeqSAMTrainTask", "split_for_validation"]
 
 logger = logging.getLogger(__name__)
+
+STAGING_DIR = ".monailabel_train"
+"""Checkpoint folder of MONAI Label training runs, inside the bundle's ``models/``."""
+
+_PARSER_PREFIXES = ("$", "@", "%")
+
+
+def split_for_validation(
+    datalist: list[dict[str, Any]], val_split: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The last ``round(n * val_split)`` items (at least one, at most ``n - 1``) validate.
+
+    Args:
+        datalist: labelled items, in the datastore's order.
+        val_split: fraction held out, in [0, 1).
+
+    Returns:
+        ``(train, validation)``, both non-empty.
+
+    Raises:
+        RequestRefused: fewer than two labelled items.
+    """
+    n = len(datalist)
+    if n < 2:
+        raise RequestRefused(
+            f"training needs at least 2 labelled images (the datastore has {n}): one to train on and "
+            "one held out to judge the model before it replaces the served one"
+        )
+    n_val = min(max(1, round(n * val_split)), n - 1)
+    return datalist[: n - n_val], datalist[n - n_val :]
 
 
 class PathSeqSAMTrainTask(BundleTrainTask):
     """Fine-tune the PathSeqSAM bundle on the datastore's labels.
 
     Args:
-        bundle_dir: bundle folder (``configs/train.json``; checkpoints go to ``models/``).
+        bundle_dir: bundle folder (``configs/train.json``; the served ``models/model.pt``).
         conf: MONAI Label app settings.
         overrides: bundle config overrides (``{id: value}``) for every training run.
         z_spacing_um: slice spacing for stacks without spacing metadata.
@@ -56,39 +101,101 @@ class PathSeqSAMTrainTask(BundleTrainTask):
         self.overrides = dict(overrides or {})
         self.z_spacing_um = float(z_spacing_um)
         super().__init__(str(bundle_dir), dict(conf), load_strict=True)
+        epochs = self._setting("train#trainer#max_epochs")
+        self.options = train_options(epochs if isinstance(epochs, int) else 40)
+        self._datalist_path: Path | None = None
+
+    @property
+    def staging_dir(self) -> Path:
+        return Path(self.bundle_path) / "models" / STAGING_DIR
 
     def _setting(self, key: str) -> Any:
         """A raw (unparsed) config value, after the server's overrides."""
         return self.overrides[key] if key in self.overrides else self.bundle_config.get(key)
 
+    def config(self) -> dict[str, Any]:
+        """The options panel of MONAI Label clients: the whitelist's advertised options only."""
+        return {name: o.advertised() for name, o in self.options.items() if o.advertise}
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["request_options"] = options_schema(self.options)
+        return info
+
+    def clean(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The request reduced to whitelisted values (defaults filled in) plus its ``model``."""
+        clean = clean_request(request, self.options, keep=("model",), where="train request")
+        defaults = {name: o.default for name, o in self.options.items()}
+        return {**defaults, **clean}
+
+    def __call__(self, request: Mapping[str, Any], datastore: Any) -> dict[str, Any]:
+        try:
+            clean = self.clean(request)
+        except RequestRefused as exc:
+            logger.warning("PathSeqSAM training refused: %s", exc)
+            raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
+        # fixed by the server, never by the request: the served weights, one process, no tracking
+        clean.update(pretrained=True, multi_gpu=False, model_filename="model.pt", run_id="run", tracking="")
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self.staging_dir.mkdir(parents=True)
+        with tempfile.TemporaryDirectory(prefix="pathseqsam_train_") as tmp:
+            self._datalist_path = Path(tmp) / "datalist.json"
+            try:
+                super().__call__(clean, datastore)
+            except RequestRefused as exc:  # raised while building the datalist (too few labels)
+                raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
+            finally:
+                self._datalist_path = None
+        served = Path(self.bundle_path) / "models" / self.const.model_pytorch()
+        return publish_if_improved(self.staging_dir, served)
+
     def _fetch_datalist(self, request: Mapping[str, Any], datastore: Any) -> list[dict[str, Any]]:
         items = super()._fetch_datalist(request, datastore)
         if not items:
-            raise ValueError(
-                "the datastore has no labelled images: save at least one label (final) before training"
+            raise RequestRefused(
+                "the datastore has no labelled images: save at least two labels (final) before training"
             )
         return [sequence_item(d["image"], d["label"], z_spacing_um=self.z_spacing_um) for d in items]
 
     def _partition_datalist(
         self, datalist: list[dict[str, Any]], request: Mapping[str, Any], shuffle: bool = False
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        train, val = super()._partition_datalist(datalist, request, shuffle)
-        if not val:
-            logger.warning(
-                "no validation items (%d labelled, val_split %s): validating on the training items",
-                len(datalist),
-                request.get("val_split"),
-            )
-            val = list(train)
+        train, val = split_for_validation(datalist, float(request["val_split"]))
+        logger.info(
+            "%d labelled images: %d to train on, %d held out for validation",
+            len(datalist),
+            len(train),
+            len(val),
+        )
         return train, val
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        if self._datalist_path is None:
+            raise RuntimeError("PathSeqSAMTrainTask._update_overrides outside __call__")
+        train = overrides.pop(self.const.key_train_dataset_data())
+        val = overrides.pop(self.const.key_validate_dataset_data())
+        atomic_write_json(self._datalist_path, {"training": train, "validation": val})
         overrides.update(self.overrides)
-        train = overrides[self.const.key_train_dataset_data()]
+        # Only server-made values from here on; the datastore's items travel in the file.
+        datalist, staging = str(self._datalist_path), str(self.staging_dir)
+        for value in (datalist, staging):
+            if value.startswith(_PARSER_PREFIXES):
+                raise RuntimeError(f"{value}: a server path must not start with {_PARSER_PREFIXES}")
+        overrides["datalist"] = datalist
+        overrides["ckpt_dir"] = staging
+        overrides["resume"] = False
+        handlers = copy.deepcopy(overrides[self.const.key_train_handlers()])
+        handlers.append(
+            {
+                "_target_": "pathseqsam.label.publish.ServedModelGate",
+                "validator": "@validate#evaluator",
+                "record_dir": staging,
+            }
+        )
+        overrides[self.const.key_train_handlers()] = handlers
         window = int(self._setting("window"))
         lengths = {min(sequence_length(item), window) for item in train}
         if len(lengths) > 1:
             logger.info("training windows of different lengths %s: batch_size 1", sorted(lengths))
             overrides["batch_size"] = 1
-        overrides[self.const.key_train_dataset_data()] = train * int(self._setting("train#windows_per_case"))
         return overrides
