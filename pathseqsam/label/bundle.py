@@ -8,7 +8,9 @@ definition). Server-level settings come from ``monailabel start_server --conf KE
   ``--conf bundle.image_size 512`` gives the integer 512; a value that is not JSON stays a string);
   ids use MONAI's ``#`` separator, e.g. ``bundle.train#windows_per_case``;
 * ``z_spacing_um``: slice spacing for stacks without spacing metadata (default: the bundle's
-  ``distance_unit_um``, i.e. consecutive slices one distance unit apart).
+  ``distance_unit_um``, i.e. consecutive slices one distance unit apart);
+* ``max_megapixels``: pixels one inference request may decode (slices x height x width, read from
+  the image header first; default 100 megapixels); larger images are refused with HTTP 413.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "OVERRIDE_PREFIX",
     "bundle_overrides",
     "inference_setting",
+    "max_pixels_setting",
     "resolve_bundle_dir",
     "z_spacing_setting",
 ]
@@ -128,3 +131,28 @@ def z_spacing_setting(conf: Mapping[str, str], default: float) -> float:
     if not value > 0:
         raise ValueError(f"--conf z_spacing_um {raw}: expected a positive number of micrometres")
     return value
+
+
+def max_pixels_setting(conf: Mapping[str, str], default_megapixels: float = 100.0) -> int:
+    """The ``max_megapixels`` setting as a pixel count (``default_megapixels`` when absent).
+
+    Args:
+        conf: MONAI Label app settings.
+        default_megapixels: value when the setting is absent.
+
+    Returns:
+        Pixels (slices x height x width) one inference request may decode.
+
+    Raises:
+        ValueError: the setting is not a positive, finite number.
+    """
+    raw = conf.get("max_megapixels")
+    if raw is None:
+        return int(default_megapixels * 1e6)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"--conf max_megapixels {raw}: expected a positive number of megapixels, e.g. 100")
+    return int(value * 1e6)

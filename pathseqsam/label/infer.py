@@ -12,7 +12,11 @@ threshold 0.5; the file writer is left out). What it adds:
 * interactive mode: clicks/boxes become prompts on their slices (:mod:`pathseqsam.label.prompts`),
   the whole-slice network runs from there in both directions
   (:mod:`pathseqsam.label.propagation`);
-* the mask comes back in the image's own format with label value 1, plus a JSON summary.
+* the mask comes back in the image's own format with label value 1, plus a JSON summary;
+* requests are held to the typed whitelist of :func:`pathseqsam.label.options.infer_options` (the
+  app cleans them before they reach the task; the task's ``config`` and ``/info/``'s
+  ``request_options`` advertise the same list) and to a pixel budget read from the image header
+  before anything is decoded (``max_pixels``, HTTP 413 above it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from pathseqsam.label import INSTALL_HINT, LABELS
+from pathseqsam.label.options import RequestRefused, infer_options, options_schema
 
 try:
     from fastapi import HTTPException
@@ -39,7 +44,7 @@ from pathseqsam.engine.writers import SaveSequencePredictiond
 from pathseqsam.label.prompts import request_prompts
 from pathseqsam.label.propagation import propagate_both_ways
 from pathseqsam.label.region import CropRegiond
-from pathseqsam.label.sequence_io import SequenceItemd, mask_suffix, write_mask
+from pathseqsam.label.sequence_io import DEFAULT_MAX_PIXELS, SequenceItemd, mask_suffix, write_mask
 
 __all__ = ["PathSeqSAMInferTask"]
 
@@ -56,6 +61,7 @@ class PathSeqSAMInferTask(BundleInferTask):
             and boxes, propagated through the sequence (a request without any is an error).
         overrides: bundle config overrides (``{id: value}``), applied to ``inference.json``.
         z_spacing_um: slice spacing for stacks without spacing metadata.
+        max_pixels: pixels (slices x height x width, from the header) one request may decode.
     """
 
     def __init__(
@@ -65,10 +71,13 @@ class PathSeqSAMInferTask(BundleInferTask):
         interactive: bool = False,
         overrides: Mapping[str, Any] | None = None,
         z_spacing_um: float = 1.0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.interactive = interactive
         self.overrides = dict(overrides or {})
         self.z_spacing_um = float(z_spacing_um)
+        self.max_pixels = int(max_pixels)
+        self.options = infer_options(interactive)
         super().__init__(
             str(bundle_dir),
             dict(conf),
@@ -78,6 +87,8 @@ class PathSeqSAMInferTask(BundleInferTask):
             load_strict=True,
         )
         self.labels = dict(LABELS)
+        # the options panel: the whitelist's advertised options (not MONAI Label's model_filename list)
+        self._config = {name: o.advertised() for name, o in self.options.items() if o.advertise}
         if self.description:
             mode = "clicks/boxes on some slices, propagated both ways" if interactive else "automatic"
             self.description = f"{self.description} [{mode}]"
@@ -88,13 +99,14 @@ class PathSeqSAMInferTask(BundleInferTask):
         """Run one request; bad input (a ValueError, e.g. a click outside the image) answers HTTP 400.
 
         The message (which names the request field or the file) then reaches the client instead of
-        MONAI Label's bare "Internal Server Error".
+        MONAI Label's bare "Internal Server Error"; too many pixels answer 413.
         """
         try:
             return super().__call__(request, callbacks)
         except ValueError as exc:
-            logger.warning("PathSeqSAM request refused: %s", exc)
-            raise HTTPException(status_code=400, detail=str(exc)) from exc
+            status = exc.status_code if isinstance(exc, RequestRefused) else 400
+            logger.warning("PathSeqSAM request refused (%d): %s", status, exc)
+            raise HTTPException(status_code=status, detail=str(exc)) from exc
 
     def _load_bundle_config(self, path: str, config: str) -> Any:
         parser = super()._load_bundle_config(path, config)
@@ -105,11 +117,13 @@ class PathSeqSAMInferTask(BundleInferTask):
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["pathology"] = True  # listed by the pathology clients too (2D patches, regions)
+        info["request_options"] = options_schema(self.options)
+        info["max_pixels"] = self.max_pixels
         return info
 
     def pre_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
         return [
-            SequenceItemd("image", z_spacing_um=self.z_spacing_um),
+            SequenceItemd("image", z_spacing_um=self.z_spacing_um, max_pixels=self.max_pixels),
             *super().pre_transforms(data),
             CropRegiond("image"),
         ]

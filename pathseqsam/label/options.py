@@ -70,21 +70,22 @@ def _is_number(value: Any) -> bool:
 
 
 def _finite_number(value: Any, name: str, expected: str) -> float:
+    """``name`` is shown as given: ``'max_epochs'`` or ``'foreground'[0]``."""
     if not _is_number(value):
-        raise RequestRefused(f"request '{name}' = {value!r}: expected {expected}")
+        raise RequestRefused(f"request {name} = {value!r}: expected {expected}")
     try:
         as_float = float(value)
     except OverflowError:  # an int beyond float range
         as_float = math.inf
     if not math.isfinite(as_float):
-        raise RequestRefused(f"request '{name}' = {value!r}: expected {expected} (finite)")
+        raise RequestRefused(f"request {name} = {value!r}: expected {expected} (finite)")
     return as_float
 
 
 def _whole(value: Any, name: str, expected: str) -> int:
     x = _finite_number(value, name, expected)
     if x != int(x):
-        raise RequestRefused(f"request '{name}' = {value!r}: expected {expected}, got a fraction")
+        raise RequestRefused(f"request {name} = {value!r}: expected {expected}, got a fraction")
     return int(x)
 
 
@@ -146,12 +147,12 @@ class Option:
         return getattr(self, f"_parse_{self.kind}")(value)
 
     def _parse_int(self, value: Any) -> int:
-        x = _whole(value, self.name, f"an integer{self._range()}")
+        x = _whole(value, f"'{self.name}'", f"an integer{self._range()}")
         self._check_range(x, value)
         return x
 
     def _parse_float(self, value: Any) -> float:
-        x = _finite_number(value, self.name, f"a number{self._range()}")
+        x = _finite_number(value, f"'{self.name}'", f"a number{self._range()}")
         self._check_range(x, value)
         return x
 
@@ -171,7 +172,7 @@ class Option:
             raise RequestRefused(f"request '{self.name}' = {value!r}: expected {expected}")
         return value
 
-    def _parse_clicks(self, value: Any) -> list[list[float]]:
+    def _parse_clicks(self, value: Any) -> list[list[float | int]]:
         expected = "a list of [x, y] or [x, y, z] clicks (pixel indices, z the slice)"
         if not isinstance(value, list):
             raise RequestRefused(f"request '{self.name}' = {value!r}: expected {expected}")
@@ -181,31 +182,31 @@ class Option:
             )
         out = []
         for i, click in enumerate(value):
-            where = f"{self.name}'[{i}"
+            where = f"'{self.name}'[{i}]"
             if not isinstance(click, list) or len(click) not in (2, 3):
-                raise RequestRefused(f"request '{where}] = {click!r}: expected {expected}")
+                raise RequestRefused(f"request {where} = {click!r}: expected {expected}")
             out.append([self._coordinate(v, where) for v in click])
         return out
 
-    def _coordinate(self, value: Any, where: str) -> float:
-        x = _finite_number(value, f"{where}]", "a pixel coordinate")
+    def _coordinate(self, value: Any, where: str) -> float | int:
+        x = _finite_number(value, where, "a pixel coordinate")
         if abs(x) > MAX_PIXEL_COORDINATE:
             raise RequestRefused(
-                f"request '{where}] = {value!r}: pixel coordinate beyond +-{MAX_PIXEL_COORDINATE}"
+                f"request {where} = {value!r}: pixel coordinate beyond +-{MAX_PIXEL_COORDINATE}"
             )
-        return x
+        return value  # as sent (int or float): messages quote the client's own numbers
 
-    def _parse_box(self, value: Any) -> list[float]:
+    def _parse_box(self, value: Any) -> list[float | int]:
         expected = "[x0, y0, x1, y1] or [x0, y0, x1, y1, z0, z1], or [] for no box"
         if not isinstance(value, list) or len(value) not in (0, 4, 6):
             raise RequestRefused(f"request '{self.name}' = {value!r}: expected {expected}")
-        return [self._coordinate(v, f"{self.name}'[{i}") for i, v in enumerate(value)]
+        return [self._coordinate(v, f"'{self.name}'[{i}]") for i, v in enumerate(value)]
 
     def _parse_pair(self, value: Any) -> list[int]:
         expected = f"two whole numbers{self._range()}"
         if not isinstance(value, list) or len(value) != 2:
             raise RequestRefused(f"request '{self.name}' = {value!r}: expected {expected}")
-        out = [_whole(v, self.name, expected) for v in value]
+        out = [_whole(v, f"'{self.name}'", expected) for v in value]
         for v in out:
             self._check_range(v, value)
         return out

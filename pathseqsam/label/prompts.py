@@ -31,7 +31,7 @@ __all__ = ["request_prompts"]
 def _numbers(value: Any, lengths: tuple[int, ...], where: str) -> list[float]:
     try:
         out = [float(v) for v in value]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{where}: expected a list of numbers") from exc
     if len(out) not in lengths or not all(math.isfinite(v) for v in out):
         raise ValueError(f"{where}: expected {' or '.join(map(str, lengths))} finite numbers")
@@ -39,14 +39,15 @@ def _numbers(value: Any, lengths: tuple[int, ...], where: str) -> list[float]:
 
 
 def _slice_index(value: float, n_slices: int, where: str) -> int:
-    if value != int(value) or not 0 <= value < n_slices:
+    if not math.isfinite(value) or value != int(value) or not 0 <= value < n_slices:
         raise ValueError(f"{where}: slice index {value:g} is not one of the image's slices 0..{n_slices - 1}")
     return int(value)
 
 
 def _default_slice(request: Mapping[str, Any], n_slices: int) -> int | None:
     if request.get("slice") is not None:
-        return _slice_index(float(request["slice"]), n_slices, f"request 'slice' = {request['slice']!r}")
+        where = f"request 'slice' = {request['slice']!r}"
+        return _slice_index(_numbers([request["slice"]], (1,), where)[0], n_slices, where)
     return 0 if n_slices == 1 else None
 
 

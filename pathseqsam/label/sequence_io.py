@@ -22,10 +22,28 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from pathseqsam.data.errors import SequenceDataError
+from pathseqsam.data.image_io import read_image_size
 from pathseqsam.data.stacks import is_nifti_path, is_tiff_path, probe_stack, save_stack
+from pathseqsam.label.options import RequestTooLarge
 from pathseqsam.visualize import save_rgb
 
-__all__ = ["SequenceItemd", "is_stack_file", "mask_suffix", "sequence_item", "sequence_length", "write_mask"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SequenceItemd",
+    "header_pixels",
+    "is_stack_file",
+    "mask_suffix",
+    "sequence_item",
+    "sequence_length",
+    "write_mask",
+]
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Pixels one request may decode (100 megapixels: slices x height x width), checked from the header."""
+
+# Keys the loaders read from an item; from a request they would choose which slices get decoded
+# (repeated indices multiply the work) or invent positions, so the server sets them, never a client.
+_INTERNAL_KEYS = ("label", "slice_index", "positions_um", "positions", "degraded", "case", "slice_names")
 
 
 def is_stack_file(path: str | os.PathLike) -> bool:
@@ -77,24 +95,58 @@ def sequence_item(
     return item
 
 
+def header_pixels(path: str | os.PathLike, z_spacing_um: float = 1.0) -> int:
+    """Pixels an image file holds (slices x height x width), read from its header only.
+
+    Args:
+        path: stack (TIFF, NIfTI) or 2D image file.
+        z_spacing_um: passed to the stack probe (stacks without spacing metadata).
+
+    Returns:
+        The pixel count of every slice together.
+
+    Raises:
+        SequenceDataError: missing or unreadable file.
+    """
+    if is_stack_file(path):
+        info = probe_stack(path, z_spacing_um=z_spacing_um)
+        return int(info.n_slices) * int(info.height) * int(info.width)
+    height, width = read_image_size(path)
+    return int(height) * int(width)
+
+
 class SequenceItemd(MapTransform):
     """A request's image path -> the keys of :func:`sequence_item` (before ``LoadSequenced``).
 
-    Any ``label`` entry is dropped: an uploaded label is not an input to inference.
+    Keys the loaders would read (``label``, ``slice_index``, ``positions_um``, ``degraded`` ...) are
+    dropped first: they come from the image file, never from a request. With ``max_pixels`` the
+    image's pixel count is read from its header before anything is decoded, and a larger image is
+    refused with :class:`~pathseqsam.label.options.RequestTooLarge` (HTTP 413).
 
     Args:
         keys: the image key (a file path).
         z_spacing_um: slice spacing for stacks without spacing metadata.
+        max_pixels: pixel budget of one request (slices x height x width); None for no limit.
     """
 
-    def __init__(self, keys: str = "image", z_spacing_um: float = 1.0) -> None:
+    def __init__(
+        self, keys: str = "image", z_spacing_um: float = 1.0, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> None:
         super().__init__(keys)
         self.z_spacing_um = float(z_spacing_um)
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        d.pop("label", None)
+        d = {k: v for k, v in data.items() if k not in _INTERNAL_KEYS}
         for key in self.key_iterator(d):
+            if self.max_pixels is not None:
+                pixels = header_pixels(d[key], self.z_spacing_um)
+                if pixels > self.max_pixels:
+                    raise RequestTooLarge(
+                        f"{Path(d[key]).name}: {pixels / 1e6:.1f} megapixels (slices x height x width), more "
+                        f"than the server's limit of {self.max_pixels / 1e6:g} per request "
+                        "(--conf max_megapixels)"
+                    )
             item = sequence_item(d[key], z_spacing_um=self.z_spacing_um)
             d[key] = item.pop("image")
             d.update(item)

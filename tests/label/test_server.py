@@ -45,6 +45,8 @@ SIZE = 128
 STARTUP_S = 300
 TRAIN_S = 600
 OVERRIDES = {"image_size": SIZE, "window": 2, "train#windows_per_case": 1}
+# evaluated by MONAI's ConfigParser if it ever reached it as a string: creates the file 'pwned'
+EXPRESSION_NAME = "$open('pwned','w')"
 
 
 @dataclass
@@ -123,6 +125,11 @@ def _studies(tmp: Path) -> Path:
     Image.fromarray((np.concatenate([mask[0], mask[1]], axis=1) > 0).astype(np.uint8)).save(
         final / "patchC.png"
     )
+    # A labelled stack whose file name is a config expression: a case name the parser must never see.
+    shutil.copy(stacks / "70_101_image.nii.gz", studies / f"{EXPRESSION_NAME}.nii.gz")
+    shutil.copy(stacks / "70_101_mask.nii.gz", final / f"{EXPRESSION_NAME}.nii.gz")
+    # 10,001 x 10,001 px of zeros: a small file over the 100-megapixel request budget
+    Image.new("L", (10_001, 10_001)).save(studies / "huge.png", optimize=False, compress_level=1)
     return studies
 
 
@@ -275,7 +282,30 @@ def test_info_lists_models_trainer_and_datastore(server):
     assert auto["dimension"] == 3 and auto["pathology"] is True
     assert "pathseqsam" in info["trainers"]
     assert info["labels"] == {"glomerulus": 1}
-    assert info["datastore"]["total"] == 3 and info["datastore"]["completed"] == 3
+    assert info["datastore"]["total"] == 5 and info["datastore"]["completed"] == 4
+    # the options clients are shown are the whitelist the server enforces
+    trainer = info["trainers"]["pathseqsam"]
+    assert set(trainer["config"]) == {"max_epochs", "val_split", "device"}
+    assert trainer["request_options"]["max_epochs"] == {
+        "type": "int",
+        "default": 40,
+        "min": 1,
+        "max": 1000,
+        "help": "epochs to train",
+    }
+    assert trainer["request_options"]["val_split"]["exclusive_max"] == 1.0
+    assert "cpu" in trainer["request_options"]["device"]["choices"]
+    assert set(auto["config"]) == {"device"} and auto["max_pixels"] == 100_000_000
+    assert set(interactive["request_options"]) == {
+        "device",
+        "location",
+        "size",
+        "level",
+        "foreground",
+        "background",
+        "roi",
+        "slice",
+    }
 
 
 def test_automatic_nifti_stack_matches_the_bundle(server, tmp_path):
@@ -347,8 +377,192 @@ def test_interactive_request_without_prompts_is_refused(server):
     )
 
 
-def test_training_on_datastore_labels_updates_the_served_model(server, tmp_path):
+def _post_raw(srv: Server, path: str, params: str, **query: str) -> requests.Response:
+    """A request whose ``params`` form field is sent exactly as given (malformed JSON included)."""
+    return requests.post(f"{srv.url}{path}", params=query, data={"params": params}, timeout=120)
+
+
+# -- the three requests of issue 11's table: what must happen ---------------------------------------
+
+
+def test_train_option_holding_an_expression_is_refused_and_never_run(server, tmp_path):
+    marker = tmp_path / "x"
+    body = {"max_epochs": f'$__import__("pathlib").Path("{marker}").touch() or 1'}
+    response = requests.post(
+        f"{server.url}/train/pathseqsam", params={"run_sync": "true"}, json=body, timeout=120
+    )
+    assert response.status_code == 400, response.text[:2000]
+    detail = response.json()["detail"]
+    assert detail.startswith("request 'max_epochs' = '$__import__")
+    assert detail.endswith("expected an integer (1 <= max_epochs <= 1000)")
+    assert not marker.exists()
+
+
+def test_infer_params_image_path_is_ignored_only_the_datastore_image_is_read(server, tmp_path):
+    from PIL import Image
+
+    other = tmp_path / "other.png"
+    Image.new("RGB", (96, 80), (200, 120, 180)).save(other)
+    params, name, payload = _parts(
+        server.post("/infer/pathseqsam", {"image": str(other)}, image="seqB", output="all")
+    )
+    assert name.endswith(".ome.tif") and params["slices"] == 4  # seqB (a 4-slice stack), not other.png
+    assert _read_mask(name, payload, tmp_path).shape == (4, SIZE, SIZE)
+    assert "ignoring keys that are not options of this task: ['image']" in server.log_tail(400)
+    # and an image id that is a path is refused outright
+    response = server.post("/infer/pathseqsam", image=str(other))
+    assert response.status_code == 404
+    assert "is not an image id of the datastore" in response.json()["detail"]
+
+
+def test_infinite_slice_answers_400_with_the_reason(server):
+    params = '{"foreground": [[64, 60, 1]], "slice": 1e999, "device": "cpu"}'
+    response = _post_raw(server, "/infer/pathseqsam_interactive", params, image="seqB")
+    assert response.status_code == 400, response.text[:2000]
+    assert response.json()["detail"] == (
+        "request 'slice' = inf: expected an integer (0 <= slice <= 1e+06) (finite)"
+    )
+
+
+# -- limits and refusals -------------------------------------------------------------------------
+
+
+def test_image_over_the_pixel_budget_is_refused_from_its_header(server):
+    response = server.post("/infer/pathseqsam", image="huge")
+    assert response.status_code == 413, response.text[:2000]
+    assert response.json()["detail"] == (
+        "huge.png: 100.0 megapixels (slices x height x width), more than the server's limit of 100 "
+        "per request (--conf max_megapixels)"
+    )
+
+
+def test_internal_fields_and_uploads_are_not_accepted(server, tmp_path):
+    # repeated slice indices, invented positions and flags are dropped: the whole stack, once
+    params, name, payload = _parts(
+        server.post(
+            "/infer/pathseqsam",
+            {"slice_index": [0] * 5000, "positions_um": [[1e9]], "degraded": [1]},
+            image="seqA",
+            output="all",
+        )
+    )
+    assert params["slices"] == 4
+    _assert_same_mask(
+        _read_mask(name, payload, tmp_path), _expected_automatic(server, server.studies / "seqA.nii.gz")
+    )
+    upload = requests.post(
+        f"{server.url}/infer/pathseqsam",
+        files={"file": ("x.png", b"not an image", "image/png")},
+        data={"params": "{}"},
+        timeout=60,
+    )
+    assert upload.status_code == 400 and "uploaded files" in upload.json()["detail"]
+    assert server.post("/infer/nomodel", image="seqA").status_code == 404
+    bad_json = _post_raw(server, "/infer/pathseqsam", "{not json", image="seqA")
+    assert bad_json.status_code == 400 and bad_json.json()["detail"].startswith("params: not valid JSON")
+    listed = _post_raw(server, "/infer/pathseqsam", "[1, 2]", image="seqA")
+    assert listed.status_code == 400
+    assert listed.json()["detail"] == "infer pathseqsam params: expected a JSON object of options, got list"
+    clicks = {"foreground": [[1, 1, 0]] * 300}
+    too_many = server.post("/infer/pathseqsam_interactive", clicks, image="seqA")
+    assert too_many.status_code == 400
+    assert "300 clicks, more than the 256 a request may hold" in too_many.json()["detail"]
+
+
+FUZZ_VALUES = {
+    "wrong type": ["ten", True, {"a": 1}, None, [], "cpu; rm -rf /"],
+    "huge number": [1e308, -1e308, 10**30, 2**63, 1e999],
+    "nan": [float("nan"), "NaN"],
+    "negative size": [-1, -(10**9), [-5, -5], [0, -1]],
+    "nested list": [[[1, 2]], [[[64, 60, 1]]], [[1, [2, 3]]], [[[[[]]]]]],
+    "path string": [
+        "/etc/passwd",
+        "../../../../etc/passwd",
+        "$__import__('os').getcwd()",
+        "@network",
+        "%train.json#x",
+    ],
+}
+FUZZ_KEYS = {
+    "infer": ["foreground", "background", "roi", "slice", "location", "size", "level", "device", "image"],
+    "train": ["max_epochs", "val_split", "device", "pretrained", "model_filename", "run_id", "gpus"],
+    "unknown key": ["slice_index", "positions_um", "degraded", "label_tag", "save_label", "zzz", "__class__"],
+}
+
+
+def test_fuzzed_requests_never_answer_5xx(server):
+    """>= 200 generated malformed requests: every answer 2xx/4xx, and /info/ still answers after."""
+    import random
+
+    rng = random.Random(11)
+    rows: dict[tuple[str, str], dict[int, int]] = {}
+
+    def send(category: str, target: str, params: Any) -> None:
+        if target == "train":
+            # run_sync: a request that passes the checks would train here; none of these may
+            response = requests.post(
+                f"{server.url}/train/pathseqsam",
+                params={"run_sync": "true"},
+                data=json.dumps(params),  # NaN and Infinity as Python's json writes them
+                headers={"Content-Type": "application/json"},
+                timeout=120,
+            )
+        else:
+            model = rng.choice(["pathseqsam", "pathseqsam_interactive"])
+            image = rng.choice(["seqA", "seqB", "patchC"])
+            text = params if isinstance(params, str) else json.dumps({"device": "cpu", **params})
+            response = _post_raw(server, f"/infer/{model}", text, image=image, output="json")
+        code = response.status_code
+        assert code < 500, (
+            f"{category} {target} {params!r} -> {code}: {response.text[:500]}\n{server.log_tail()}"
+        )
+        counts = rows.setdefault((category, target), {})
+        counts[code] = counts.get(code, 0) + 1
+
+    for category, values in FUZZ_VALUES.items():
+        for target in ("infer", "train"):
+            for key in FUZZ_KEYS[target]:
+                body = {key: rng.choice(values)}
+                if target == "train":  # one surely wrong option too: a body that passed would train
+                    body.setdefault("val_split", 2.0) if key != "val_split" else body.update(max_epochs=0)
+                send(category, target, body)
+    for key in FUZZ_KEYS["unknown key"]:
+        send("unknown key", "infer", {key: rng.choice([[0] * 50, "x", 1e999, {"a": [1]}])})
+        send("unknown key", "train", {key: "x", "max_epochs": 0})  # refused on max_epochs
+    raw = [
+        "",
+        "{",
+        "null",
+        "[1, 2]",
+        "3",
+        '"str"',
+        '{"slice": NaN}',
+        '{"roi": Infinity}',
+        "{" * 50 + "}" * 50,
+    ]
+    for text in raw:
+        send("malformed JSON", "infer", text)
+    while sum(sum(c.values()) for c in rows.values()) < 200:
+        values = rng.choice(list(FUZZ_VALUES.values()))
+        keys = rng.sample(FUZZ_KEYS["infer"], 3)
+        send("mixed", "infer", {k: rng.choice(values) for k in keys})
+
+    assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
+    total = sum(sum(c.values()) for c in rows.values())
+    assert total >= 200
+    lines = ["| category | endpoint | requests | answers |", "|---|---|---|---|"]
+    for (category, target), counts in sorted(rows.items()):
+        answers = ", ".join(f"{code}: {n}" for code, n in sorted(counts.items()))
+        lines.append(f"| {category} | {target} | {sum(counts.values())} | {answers} |")
+    lines.append(f"| all | | {total} | 5xx: 0 |")
+    table = os.environ.get("PATHSEQSAM_FUZZ_TABLE")
+    if table:
+        Path(table).write_text("\n".join(lines) + "\n")
+
+
+def test_training_keeps_the_served_model_unless_a_held_out_score_improves(server, tmp_path):
     before = torch.load(server.bundle / "models" / "model.pt", weights_only=True)
+    served_mtime = (server.bundle / "models" / "model.pt").stat().st_mtime_ns
     params = {"max_epochs": 1, "val_split": 0.34, "multi_gpu": False, "device": "cpu"}
     response = requests.post(f"{server.url}/train/pathseqsam", json=params, timeout=60)  # a JSON body here
     assert response.status_code == 200, response.text[:2000]
@@ -360,16 +574,34 @@ def test_training_on_datastore_labels_updates_the_served_model(server, tmp_path)
         assert time.monotonic() < deadline, f"training still running after {TRAIN_S} s:\n{server.log_tail()}"
         time.sleep(2.0)
     assert status["status"] == "DONE", f"{status}\n{server.log_tail()}"
+    # the datastore file named like a config expression was data, never code
+    assert not list(server.log.parent.rglob("pwned"))
+    log = server.log_tail(2000)
+    assert "4 labelled images: 3 to train on, 1 held out for validation" in log
 
-    models = server.bundle / "models"
-    assert (models / "checkpoint_epoch=1.pt").is_file()
-    after = torch.load(models / "model.pt", weights_only=True)
-    assert set(after) == set(before)
-    assert any(not torch.equal(before[k], after[k]) for k in before)  # fine-tuned, then saved as best
+    staging = server.bundle / "models" / ".monailabel_train"
+    assert (staging / "checkpoint_epoch=1.pt").is_file()
+    record = json.loads((staging / "validation.json").read_text())
+    assert [v["epoch"] for v in record["validations"]] == [0, 1]  # the served model first, then epoch 1
     rows = (server.bundle / "eval" / "curves.csv").read_text().strip().splitlines()
     assert len(rows) == 2 and rows[1].startswith("1,")
+    assert float(rows[1].split(",")[2]) == pytest.approx(record["validations"][1]["val_mean_dice"])
 
-    # the server reloads the new weights: its answer matches the trained checkpoint
+    after = torch.load(server.bundle / "models" / "model.pt", weights_only=True)
+    assert set(after) == set(before)
+    epoch1 = record["validations"][1]["val_mean_dice"]
+    if epoch1 is not None and epoch1 > record["baseline"]:  # improved: epoch 1's weights are served
+        trained = torch.load(staging / "checkpoint_epoch=1.pt", weights_only=True)["model"]
+        assert all(torch.equal(after[k], trained[k]) for k in after)
+        assert "published the model of epoch 1" in log
+    else:  # not better on the held-out image: the served file was not touched
+        assert (server.bundle / "models" / "model.pt").stat().st_mtime_ns == served_mtime
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        staged = torch.load(staging / "model.pt", weights_only=True)  # the best of the run: the baseline
+        assert all(torch.equal(before[k], staged[k]) for k in before)
+        assert "kept the served model" in log
+
+    # the server answers with the served checkpoint
     _, name, payload = _parts(server.post("/infer/pathseqsam", image="seqA", output="all"))
     _assert_same_mask(
         _read_mask(name, payload, tmp_path), _expected_automatic(server, server.studies / "seqA.nii.gz")

@@ -13,16 +13,27 @@ Tasks, for model name ``pathseqsam`` (the ``models`` setting):
 * train ``pathseqsam``: fine-tune the bundle on the datastore's labels.
 
 Settings (``--conf KEY VALUE``): ``bundle`` (bundle folder, default the repository's ``bundle/``),
-``bundle.<config id>`` (config overrides), ``z_spacing_um`` (see :mod:`pathseqsam.label.bundle`),
-``skip_trainers`` (``true`` serves inference only). MONAI Label creates ``model/``, ``lib/``,
+``bundle.<config id>`` (config overrides), ``z_spacing_um``, ``max_megapixels`` (see
+:mod:`pathseqsam.label.bundle`), ``skip_trainers`` (``true`` serves inference only).
+
+Requests: only the options of :mod:`pathseqsam.label.options` are accepted (typed, ranged, fixed
+choices; anything else is dropped and logged), only datastore images are read (no uploaded files,
+no sessions, no ``image`` path in ``params``), and malformed ``params`` answer 4xx before MONAI
+Label sees them (:mod:`pathseqsam.label.guards`). The server is for a trusted network: see the
+README (``--host 127.0.0.1``, MONAI Label's authentication). MONAI Label creates ``model/``, ``lib/``,
 ``logs/`` and ``bin/`` in this folder (ignored by git).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Mapping
+from typing import Any
 
 import monailabel
+from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
@@ -35,14 +46,16 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
 import pathseqsam
-from pathseqsam.label import LABELS
+from pathseqsam.label import LABELS, guards
 from pathseqsam.label.bundle import (
     bundle_overrides,
     inference_setting,
+    max_pixels_setting,
     resolve_bundle_dir,
     z_spacing_setting,
 )
 from pathseqsam.label.infer import PathSeqSAMInferTask
+from pathseqsam.label.options import RequestRefused, clean_request
 from pathseqsam.label.train import PathSeqSAMTrainTask
 
 logger = logging.getLogger(__name__)
@@ -77,6 +90,7 @@ class PathSeqSAMApp(MONAILabelApp):
         self.overrides = bundle_overrides(conf)
         unit = inference_setting(self.bundle_dir, "distance_unit_um", self.overrides)
         self.z_spacing_um = z_spacing_setting(conf, unit)
+        self.max_pixels = max_pixels_setting(conf)
         logger.info(
             "PathSeqSAM bundle %s, overrides %s, fallback z spacing %g um",
             self.bundle_dir,
@@ -92,6 +106,7 @@ class PathSeqSAMApp(MONAILabelApp):
             version=pathseqsam.__version__,
             labels=dict(LABELS),
         )
+        guards.install()
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
@@ -104,7 +119,11 @@ class PathSeqSAMApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, InferTask]:
-        kwargs = {"overrides": self.overrides, "z_spacing_um": self.z_spacing_um}
+        kwargs = {
+            "overrides": self.overrides,
+            "z_spacing_um": self.z_spacing_um,
+            "max_pixels": self.max_pixels,
+        }
         automatic = PathSeqSAMInferTask(self.bundle_dir, self.conf, interactive=False, **kwargs)
         interactive = PathSeqSAMInferTask(self.bundle_dir, self.conf, interactive=True, **kwargs)
         # one copy of the weights: the same template network and per-device cache
@@ -121,3 +140,100 @@ class PathSeqSAMApp(MONAILabelApp):
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}
+
+    # -- request checks (called by pathseqsam.label.guards before MONAI Label's endpoint code, and
+    # again by infer/train for the paths that do not go through those endpoints: batch inference,
+    # the command line, the background training process) ------------------------------------------
+
+    def trainer_names(self) -> list[str]:
+        return list(self._trainers)
+
+    def _datastore_image(self, image: Any, datastore: Datastore | None = None) -> str:
+        """The file of datastore image id ``image``; anything else (a path, an unknown id) is refused."""
+        datastore = datastore or self.datastore()
+        if not isinstance(image, str) or not image or image not in datastore.list_images():
+            raise RequestRefused(
+                f"image {str(image)[:200]!r} is not an image id of the datastore: only datastore images "
+                "are read (upload new images with PUT /datastore/)",
+                status_code=404 if isinstance(image, str) and image else 400,
+            )
+        return datastore.get_image_uri(image)
+
+    def checked_infer_params(
+        self,
+        model: str,
+        image: str,
+        session_id: str,
+        params: str,
+        file: Any = None,
+        label: Any = None,
+        output: Any = None,
+    ) -> dict[str, Any]:
+        """An ``/infer`` request's ``params`` reduced to the model's whitelisted options.
+
+        Raises:
+            RequestRefused: unknown model (404), an uploaded file, label or a session (only datastore
+                images are read), an image id not in the datastore, ``output=dicom_seg`` (not a DICOM
+                datastore), ``params`` that are not a JSON object, or a wrong option value.
+        """
+        task = self._infers.get(model)
+        if task is None:
+            raise RequestRefused(f"no model {model!r}; this server has {sorted(self._infers)}", 404)
+        if file or label or session_id:
+            raise RequestRefused(
+                "uploaded files, labels and sessions are not read by this server: add the image to the "
+                "datastore (PUT /datastore/) and send its id as 'image'"
+            )
+        if str(getattr(output, "value", output)) == "dicom_seg":
+            raise RequestRefused("output=dicom_seg needs a DICOM datastore; use image, json or all")
+        self._datastore_image(image)
+        try:
+            decoded = json.loads(params) if params else {}
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise RequestRefused(
+                f"params: not valid JSON ({exc}); expected a JSON object of options"
+            ) from exc
+        return clean_request(decoded, task.options, where=f"infer {model} params")
+
+    def checked_train_params(self, model: str, params: Any) -> dict[str, Any]:
+        """A ``/train`` request body reduced to the trainer's whitelisted options.
+
+        Raises:
+            RequestRefused: unknown trainer (404), a body that is not a JSON object, a wrong value.
+        """
+        task = self._trainers.get(model)
+        if task is None:
+            raise RequestRefused(f"no trainer {model!r}; this server has {sorted(self._trainers)}", 404)
+        return clean_request({} if params is None else params, task.options, where=f"train {model} request")
+
+    def infer(self, request: Mapping[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MONAI Label's infer on a cleaned request: whitelisted options, a datastore image only."""
+        model = request.get("model")
+        task = self._infers.get(model) if isinstance(model, str) else None
+        try:
+            if task is None:
+                raise RequestRefused(f"no model {model!r}; this server has {sorted(self._infers)}", 404)
+            path = self._datastore_image(request.get("image"), datastore)
+            clean = clean_request(request, task.options, keep=("model", "image"), where=f"infer {model}")
+        except RequestRefused as exc:
+            logger.warning("PathSeqSAM request refused (%d): %s", exc.status_code, exc)
+            raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
+        # MONAI Label reads an id that is also an existing path (relative to the working folder) as
+        # that path: hand it the datastore's own file then (its result is not saved back).
+        clean["image"] = path if os.path.exists(request["image"]) else request["image"]
+        if request.get("save_label") is True and request.get("label_tag", "original") == "original":
+            clean.update(save_label=True, label_tag="original")  # batch inference keeps its results
+        return super().infer(clean, datastore)
+
+    def train(self, request: Mapping[str, Any]) -> Any:
+        """MONAI Label's train on a cleaned request (the task checks the values again)."""
+        model = request.get("model")
+        task = self._trainers.get(model) if isinstance(model, str) else None
+        try:
+            if task is None:
+                raise RequestRefused(f"no trainer {model!r}; this server has {sorted(self._trainers)}", 404)
+            clean = clean_request(request, task.options, keep=("model",), where=f"train {model}")
+        except RequestRefused as exc:
+            logger.warning("PathSeqSAM training refused (%d): %s", exc.status_code, exc)
+            raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
+        return super().train(clean)
