@@ -16,6 +16,7 @@ from pathseqsam.engine.handlers import (
 from pathseqsam.engine.inferers import SequenceEnsembleInferer
 from pathseqsam.engine.per_patch_saver import PerPatchSaver
 from pathseqsam.engine.prepare_batch import SequencePrepareBatch
+from pathseqsam.engine.random_state import RandomStates
 from pathseqsam.engine.resume import latest_checkpoint, resume_from_latest
 from pathseqsam.engine.writers import SaveSequencePredictiond
 
@@ -25,6 +26,7 @@ __all__ = [
     "OverlaySaver",
     "PerPatchSaver",
     "ProgressLogger",
+    "RandomStates",
     "SaveSequencePredictiond",
     "SequenceEnsembleInferer",
     "SequencePrepareBatch",

@@ -247,27 +247,45 @@ class OverlaySaver:
 
 
 class _AtomicDiskSaver(DiskSaver):
-    """Ignite's atomic DiskSaver (temp file + rename) with MONAI's fixed-filename option, group-readable."""
+    """Ignite's atomic DiskSaver (temp file + rename) with MONAI's fixed-filename option, group-readable.
+
+    Ignite's ``Checkpoint`` asks the saver to ``remove`` the file it replaces BEFORE it writes the new
+    one; with a fixed name (``model.pt``) that deletes the very file about to be rewritten, and with
+    ``n_saved=1`` it deletes the only latest checkpoint. A kill or a full disk in between would leave
+    none. Here removals wait until the new file is in place (``os.replace`` of a complete temp file),
+    and a file that is being rewritten is replaced, never removed.
+    """
 
     def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
         super().__init__(dirname=str(dirname), require_empty=False, atomic=True)
         self.filename = filename
+        self._pending_removal: list[str] = []
 
     def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
         filename = self.filename or filename
-        super().__call__(checkpoint, filename, metadata)
+        super().__call__(checkpoint, filename, metadata)  # raises (old files untouched) if the write fails
         if idist.get_rank() == self.save_on_rank:  # other ranks of a distributed run write nothing
             (Path(self.dirname) / filename).chmod(0o644)  # the temp file was created 0600
+            for old in self._pending_removal:
+                if old != filename:
+                    (Path(self.dirname) / old).unlink(missing_ok=True)
+        self._pending_removal.clear()
 
     def remove(self, filename: str) -> None:
-        super().remove(self.filename or filename)
+        self._pending_removal.append(self.filename or filename)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` writing every file atomically (MONAI writes in place).
+    """MONAI's ``CheckpointSaver`` writing every file atomically, never removing before replacing.
 
-    A run killed while saving then leaves the previous ``model.pt`` / latest checkpoint intact
-    instead of a truncated file. Same arguments as ``monai.handlers.CheckpointSaver``.
+    MONAI writes in place and (through ignite) removes the previous file first; here every file is
+    written to a temp file and moved into place, and the file it supersedes is removed only after
+    that (see ``_AtomicDiskSaver``). A run killed or out of disk while saving keeps the previous
+    ``model.pt`` and latest checkpoint intact. Same arguments as ``monai.handlers.CheckpointSaver``.
+
+    With ``save_key_metric`` it is also stateful: ``state_dict()`` is the best score(s) kept so far
+    (what MONAI's ``load_state_dict`` restores), so a resumed run that has it in its checkpoint
+    dict keeps ``model.pt`` unless a validation beats the best of the run it continues.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -277,3 +295,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if ckpt is not None:
                 old = ckpt.save_handler
                 ckpt.save_handler = _AtomicDiskSaver(old.dirname, getattr(old, "filename", None))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The key-metric tracking list ``{"_saved": [(score, filename)]}`` (empty without a key metric)."""
+        if self._key_metric_checkpoint is None:
+            return {"_saved": []}
+        saved = self._key_metric_checkpoint.state_dict()["_saved"]
+        return {"_saved": [(float(score), str(name)) for score, name in saved]}  # weights_only-loadable

@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from monai.handlers import CheckpointLoader
+import torch
+from ignite.engine import Events
+from ignite.handlers import Checkpoint
 
 __all__ = ["latest_checkpoint", "resume_from_latest"]
 
@@ -25,12 +27,51 @@ def latest_checkpoint(directory: str | os.PathLike, prefix: str = "checkpoint_ep
     return str(max(found)[1]) if found else None
 
 
+class _ResumeLoader:
+    """Restore a checkpoint into the run's objects when the trainer starts (like MONAI's CheckpointLoader).
+
+    Objects the checkpoint does not hold (one written before random states and the best score were
+    saved) are left as they are, with a warning that names them; the trainer's ``max_epochs`` stays
+    the configured one.
+    """
+
+    def __init__(self, path: str, load_dict: dict, map_location: Any = None) -> None:
+        self.path, self.load_dict, self.map_location = path, load_dict, map_location
+
+    def attach(self, trainer: Any) -> None:
+        trainer.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, trainer: Any) -> None:
+        checkpoint = torch.load(self.path, map_location=self.map_location, weights_only=True)
+        missing = [k for k in self.load_dict if k not in checkpoint]
+        if missing:
+            logger.warning(
+                "%s holds no %s (written by an older version): resuming without them, so the run will not "
+                "repeat the uninterrupted one exactly",
+                self.path,
+                missing,
+            )
+        max_epochs = trainer.state.max_epochs
+        Checkpoint.load_objects(
+            to_load={k: v for k, v in self.load_dict.items() if k in checkpoint}, checkpoint=checkpoint
+        )
+        if max_epochs is not None:
+            if trainer.state.epoch > max_epochs:
+                raise ValueError(
+                    f"{self.path} is from epoch {trainer.state.epoch}, beyond this run's max_epochs {max_epochs}"
+                )
+            trainer.state.max_epochs = max_epochs
+
+
 def resume_from_latest(
     trainer: Any, ckpt_dir: str | os.PathLike, load_dict: dict, map_location: Any = None
-) -> str | None:
-    """Attach a ``CheckpointLoader`` for the latest ``checkpoint_epoch=*.pt`` to ``trainer``, if any.
+) -> str:
+    """Restore the latest ``checkpoint_epoch=*.pt`` of ``ckpt_dir`` into ``load_dict`` when ``trainer`` starts.
 
-    Training then continues from that epoch (model, optimizer, scheduler and engine state restored).
+    Training then continues from that epoch: model, optimizer, scheduler and engine state, and (in
+    the bundle's ``checkpoint_dict``) the best validation score kept by the ``model.pt`` saver and
+    every random stream (:class:`~pathseqsam.engine.random_state.RandomStates`), so the resumed run
+    repeats the uninterrupted one.
 
     Args:
         trainer: the MONAI trainer, before ``run()``.
@@ -39,12 +80,18 @@ def resume_from_latest(
         map_location: device for the loaded tensors.
 
     Returns:
-        The checkpoint path, or None when there is nothing to resume (a fresh run).
+        The checkpoint path.
+
+    Raises:
+        FileNotFoundError: there is no checkpoint to resume from (a resume that silently started a
+            fresh run would overwrite the folder's ``model.pt`` with a worse model).
     """
     path = latest_checkpoint(ckpt_dir)
     if path is None:
-        logger.info("resume requested but %s has no checkpoint_epoch=*.pt: starting a fresh run", ckpt_dir)
-        return None
+        raise FileNotFoundError(
+            f"resume requested but {ckpt_dir} has no checkpoint_epoch=*.pt to resume from; "
+            "start a fresh run with --resume false (or point ckpt_dir at the run to continue)"
+        )
     logger.info("resuming from %s", path)
-    CheckpointLoader(load_path=path, load_dict=load_dict, map_location=map_location).attach(trainer)
+    _ResumeLoader(path, load_dict, map_location).attach(trainer)
     return path
