@@ -7,10 +7,15 @@ Conversion rules (documented here because they decide what the network sees):
 * integer images are scaled by their type's range (8-bit by 255, 16-bit by 65535); other integer
   types by 255 or 65535, whichever covers the data; float images are taken as [0, 1] when their
   maximum is <= 1, else as [0, 255];
-* masks: colour masks are reduced by the channel maximum; integer masks whose values are all in
-  {0, 1} are label images (foreground = non-zero); otherwise foreground = value > ``threshold`` times
-  255 (or times 65535 for masks with values above 255). The threshold (default 0.5) absorbs JPEG
-  ringing, which the official KPIs ``mask > 0`` rule turns into false foreground.
+* colour spaces other than RGB (CMYK and YCbCr JPEGs, LAB, HSV) are converted to RGB by Pillow;
+  palette images expand to RGBA, bilevel images to 8-bit gray;
+* masks: colour masks are reduced by the channel maximum. Masks from LOSSLESS files (PNG, TIFF,
+  NIfTI, BMP ...: anything but JPEG) are label images: every non-zero value is foreground, so
+  instance ids (1, 2, 3 ...), 16-bit labels and 0/255 masks all keep their objects. Masks from
+  JPEG files (lossy) are foreground where value > ``threshold`` times 255 (or times 65535 for
+  values above 255): the threshold (default 0.5) absorbs JPEG ringing, which the official KPIs
+  ``mask > 0`` rule turns into false foreground. An array of unknown origin is treated as lossy
+  (``lossy`` overrides the guess from the file name).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathseqsam.data.errors import SequenceDataError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LOSSY_SUFFIXES",
+    "is_lossy_path",
     "read_image_size",
     "read_slice",
     "to_binary_mask",
@@ -31,6 +38,9 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+# Pillow modes that are not RGB(A)/gray: converted, since their channels are not red, green, blue
+_TO_RGB = {"CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "P": "RGBA", "PA": "RGBA", "1": "L"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -115,8 +125,8 @@ def read_slice(
             if min_size is not None and im.format == "JPEG":
                 im.draft(im.mode, (int(min_size[1]), int(min_size[0])))
             im.load()
-            if im.mode == "P":
-                im = im.convert("RGBA")
+            if im.mode in _TO_RGB:  # e.g. a CMYK JPEG: 4 channels that are not RGBA
+                im = im.convert(_TO_RGB[im.mode])
             arr = np.asarray(im)
         return arr, (int(height), int(width))
     except SequenceDataError:
@@ -180,15 +190,27 @@ def to_rgb_float(arr: np.ndarray, path: str | os.PathLike = "<array>") -> np.nda
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def is_lossy_path(path: str | os.PathLike) -> bool:
+    """True for JPEG files (``.jpg``/``.jpeg``; a ``#slice`` suffix, as in ``stack.tif#3``, is ignored)."""
+    name = str(path).lower().split("#", 1)[0]
+    return name.endswith(LOSSY_SUFFIXES)
+
+
 def to_binary_mask(
-    arr: np.ndarray, threshold: float = 0.5, path: str | os.PathLike = "<array>"
+    arr: np.ndarray,
+    threshold: float = 0.5,
+    path: str | os.PathLike = "<array>",
+    lossy: bool | None = None,
 ) -> np.ndarray:
     """Binarise a decoded mask slice (see the module docstring for the rules).
 
     Args:
         arr: ``[H, W]`` or ``[H, W, C]`` mask.
-        threshold: fraction of the full range (0 < threshold < 1) above which a pixel is foreground.
-        path: file the array came from, for error messages.
+        threshold: for lossy (JPEG) masks, the fraction of the full range (0 < threshold < 1) above
+            which a pixel is foreground.
+        path: file the array came from (its suffix tells lossless from lossy), for messages too.
+        lossy: override: True thresholds, False takes every non-zero value; None guesses from
+            ``path`` (JPEG is lossy, a known other file lossless, ``"<array>"`` lossy).
 
     Returns:
         bool array ``[H, W]``.
@@ -198,6 +220,8 @@ def to_binary_mask(
     """
     if not 0.0 < threshold < 1.0:
         raise SequenceDataError(f"mask threshold must be in (0, 1), got {threshold} (for {path})")
+    if lossy is None:
+        lossy = str(path) == "<array>" or is_lossy_path(path)
     arr = _channels_last(np.asarray(arr), path)
     if arr.shape[-1] in (2, 4):
         arr = arr[..., :-1]  # drop alpha
@@ -206,6 +230,8 @@ def to_binary_mask(
         return arr
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise SequenceDataError(f"{path}: mask contains NaN or infinite values")
+    if not lossy:
+        return arr != 0  # a label image: instance ids, 16-bit labels, 0/1 or 0/255 all count
     if np.issubdtype(arr.dtype, np.integer) and arr.size and int(arr.max()) <= 1 and int(arr.min()) >= 0:
         return arr > 0  # a {0, 1} label image
     return arr.astype(np.float64) > threshold * _unit_scale(arr)

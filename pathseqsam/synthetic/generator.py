@@ -199,7 +199,7 @@ def _sheet(path: Path, results: list[dict[str, Any]]) -> str:
     pool = [r for r in results if r["split"] == "validation"] or results
     result = max(pool, key=lambda r: sum(f > 0 for f in r["meta"]["foreground_fraction"]))
     images = [read_slice(p)[0] for p in result["kpis"]["image"]]
-    masks = [to_binary_mask(read_slice(p)[0]) for p in result["kpis"]["label"]]
+    masks = [to_binary_mask(read_slice(p)[0], path=p) for p in result["kpis"]["label"]]
     meta = result["meta"]
     captions = [
         f"z={z:g} um" + (f" {'+'.join(d['kinds'])}" if d["kinds"] else "")

@@ -211,7 +211,8 @@ class LoadSequenced(MapTransform):
         keys: image key first, then mask keys.
         spatial_size: resize every slice to this ``H = W`` or ``(H, W)``; None keeps the native size
             (all slices must then be the same size).
-        mask_threshold: fraction of the mask range above which a pixel is foreground.
+        mask_threshold: JPEG masks: fraction of the mask range above which a pixel is foreground
+            (masks from lossless files: every non-zero value, see :mod:`pathseqsam.data.image_io`).
         positions_key: datalist key with positions in um.
         output_positions_key: key that receives the float32 tensor.
         z_spacing_um: fallback z-spacing for stacks without spacing metadata.
