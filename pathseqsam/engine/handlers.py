@@ -17,6 +17,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver, from_engine
 
 from pathseqsam.atomic import atomic_write
+from pathseqsam.engine.output_names import UniqueNames
 from pathseqsam.metrics import summarise
 from pathseqsam.visualize import overlay_strip
 
@@ -209,7 +210,8 @@ class OverlaySaver:
     """After each evaluation, write overlays (image, ground truth in yellow, prediction in green).
 
     One PNG strip per sequence for the first ``max_sequences`` sequences, overwritten at every
-    validation so the folder always shows the latest model.
+    validation so the folder always shows the latest model. Case names are made safe file names
+    (no ``../``) and unique within one evaluation (a repeated case gets ``<case>_2.png``).
 
     Args:
         output_dir: folder for ``<case>.png``.
@@ -226,6 +228,7 @@ class OverlaySaver:
 
     def _reset(self, _engine: Engine) -> None:
         self.count = 0
+        self._names = UniqueNames("overlay of case")
 
     def __call__(self, engine: Engine) -> None:
         items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -243,7 +246,8 @@ class OverlaySaver:
                 if isinstance(meta, dict)
                 else f"sequence{self.count}"
             )
-            overlay_strip(image, pred, label, self.output_dir / f"{case}.png")
+            name = self._names(case, fallback=f"sequence{self.count}")  # safe, unique in this evaluation
+            overlay_strip(image, pred, label, self.output_dir / f"{name}.png")
 
 
 class _AtomicDiskSaver(DiskSaver):

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from pathseqsam.atomic import atomic_write_json
 from pathseqsam.data.stacks import is_nifti_path, is_tiff_path, save_stack
+from pathseqsam.engine.output_names import UniqueNames
 from pathseqsam.visualize import denormalise, overlay, save_rgb
 
 __all__ = ["SaveSequencePredictiond"]
@@ -39,6 +40,12 @@ class SaveSequencePredictiond(MapTransform):
     written so far: slices, foreground fraction and object count per slice, and the files. All files
     are written atomically.
 
+    Case and slice names come from the data, so they are made safe file names first
+    (:func:`~pathseqsam.engine.output_names.safe_component`: ``../x`` cannot leave ``output_dir``),
+    and a name already written by this writer gets a suffix (``c_2``; within a case ``s_2``) instead of
+    replacing the earlier output; the summary then lists the case under that name, with its
+    ``case`` as given.
+
     Args:
         keys: the prediction key.
         output_dir: destination folder.
@@ -59,6 +66,7 @@ class SaveSequencePredictiond(MapTransform):
         self.output_dir = Path(output_dir)
         self.image_key, self.label_key, self.overlays = image_key, label_key, overlays
         self.summary: dict[str, Any] = {}
+        self._cases = UniqueNames("case")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -69,17 +77,19 @@ class SaveSequencePredictiond(MapTransform):
     def _write(self, d: dict, key: Hashable) -> None:
         pred = np.asarray(torch.as_tensor(d[key]).detach().cpu())[0] > 0.5  # [N, H, W]
         n = pred.shape[0]
-        case = str(d.get("case", "sequence"))
+        given = str(d.get("case", "sequence"))
         names = list(d.get("slice_names") or [f"slice{i:04d}" for i in range(n)])
         if len(names) != n:
-            raise ValueError(f"case {case!r}: {len(names)} slice names for {n} predicted slices")
+            raise ValueError(f"case {given!r}: {len(names)} slice names for {n} predicted slices")
+        case = self._cases(given, fallback="sequence")
+        stems = UniqueNames(f"case {case!r} slice")
         case_dir = self.output_dir / case
         case_dir.mkdir(parents=True, exist_ok=True)
         image = d.get(self.image_key)
         label = d.get(self.label_key)
         slices = []
         for t, name in enumerate(names):
-            stem = _stem(name)
+            stem = stems(_stem(name), fallback=f"slice{t:04d}")
             mask_path = save_rgb(pred[t].astype(np.uint8) * 255, case_dir / f"{stem}_mask.png")
             entry = {
                 "slice": name,
@@ -94,7 +104,7 @@ class SaveSequencePredictiond(MapTransform):
                     save_rgb(ov, case_dir / f"{stem}_overlay.png").relative_to(self.output_dir)
                 )
             slices.append(entry)
-        record: dict[str, Any] = {"slices": slices}
+        record: dict[str, Any] = {"case": given, "slices": slices}
         source = str(d.get("image_source") or "")
         if is_tiff_path(source) or is_nifti_path(source):
             record["stack"] = str(
