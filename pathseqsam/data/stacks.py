@@ -372,6 +372,13 @@ def _check_indices(idx: Sequence[int], n: int, path: Path) -> None:
     bad = [i for i in idx if not 0 <= i < n]
     if bad:
         raise SequenceDataError(f"{path}: slice index {bad[0]} out of range; the stack has {n} slices")
+    seen: set[int] = set()
+    for i in idx:  # a slice twice is never a sequence, and repeats multiply the decoding
+        if i in seen:
+            raise SequenceDataError(
+                f"{path}: slice index {i} requested more than once; expected distinct slice indices"
+            )
+        seen.add(i)
 
 
 def _check_volume(volume: np.ndarray, z_positions_um: Sequence[float] | None, path: Path) -> np.ndarray:

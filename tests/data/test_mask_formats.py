@@ -76,3 +76,16 @@ def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
     expected = np.asarray(Image.fromarray(rgb).convert("CMYK").convert("RGB"), dtype=float)
     assert np.abs(arr.astype(float) - expected).mean() < 4.0  # JPEG noise only
     assert np.abs(arr[:, :16].astype(float).mean(axis=(0, 1)) - (200, 40, 40)).max() < 15
+
+
+@pytest.mark.parametrize("suffix", [".ome.tif", ".nii.gz"])
+def test_repeated_slice_indices_are_refused(tmp_path, suffix):
+    from pathseqsam.data.errors import SequenceDataError
+    from pathseqsam.data.stacks import read_stack_slices
+
+    path = save_stack(tmp_path / f"s{suffix}", np.zeros((3, 8, 8), np.uint8), z_positions_um=[0.0, 4.0, 8.0])
+    assert read_stack_slices(path, [2, 0]).shape == (2, 8, 8)
+    with pytest.raises(SequenceDataError, match=r"slice index 1 requested more than once; expected distinct"):
+        read_stack_slices(path, [1, 2, 1, 1])
+    with pytest.raises(SequenceDataError, match="requested more than once"):
+        LoadSequenced(["image"])({"image": str(path), "slice_index": [0] * 1000})
