@@ -1,10 +1,14 @@
 """A real MONAI Label server running the app: info, automatic and interactive inference, training.
 
-The server (``monailabel start_server`` with ``pathseqsam/label/app``) runs on 127.0.0.1 on a free
+The server (``monailabel start_server`` with ``pathseqsam/label/app``, started as the script does,
+``python -m monailabel.main``, with this checkout first on PYTHONPATH) runs on 127.0.0.1 on a free
 port, on generated serial sections (a NIfTI stack, an OME-TIFF stack and a 2D PNG patch, all
-labelled) and a tiny-model checkpoint in a temporary copy of the bundle. Every mask it returns is
-checked against the same network called directly in this process (both on CPU in fp32; the
-server's CUDA path, with bf16 autocast, is not compared here).
+labelled, a labelled copy of the NIfTI stack whose file name is a config expression, and an
+unlabelled 100-megapixel PNG) and a tiny-model checkpoint in a temporary copy of the bundle. Every
+mask it returns is checked against the same network called directly in this process (both on CPU
+in fp32; the server's CUDA path, with bf16 autocast, is not compared here). Issue 11's requests
+(an expression as a training option, an ``image`` path in ``params``, an infinite ``slice``) get
+the answers that issue asks for, and 200 fuzzed requests never get a 5xx.
 
 Needs the ``label`` extra (``.venv-label``, see the README); the core environment skips this module.
 With ``PATHSEQSAM_LABEL_TESTS=required`` (CI's label stage) a missing MONAI Label is a failure.
@@ -146,7 +150,9 @@ def server(tmp_path_factory) -> Iterator[Server]:
         "bundle": str(bundle),
         **{f"bundle.{k}": json.dumps(v) for k, v in OVERRIDES.items()},
     }
-    cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP)]
+    # What the `monailabel` script execs, minus the script's PYTHONPATH=<the venv's parent folder>,
+    # which would import the package of whichever checkout holds the venv instead of this one.
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP)]
     cmd += ["--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
     for key, value in conf.items():
         cmd += ["--conf", key, value]
@@ -155,9 +161,10 @@ def server(tmp_path_factory) -> Iterator[Server]:
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
-        # the monailabel script runs `python -m monailabel.main`: this interpreter, as in an activated venv
+        # background tasks (training) start this interpreter again, as in an activated venv
         "MONAILABEL_PYEXE": sys.executable,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
     }
     log = tmp / "server.log"
     with open(log, "wb") as out:
