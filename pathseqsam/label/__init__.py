@@ -11,10 +11,14 @@ loads ``bundle/models/model.pt``. Modules:
   larger image;
 * :mod:`pathseqsam.label.prompts`: MONAI Label clicks and boxes as PathSeqSAM prompts;
 * :mod:`pathseqsam.label.propagation`: segment from prompted slices in both directions;
-* :mod:`pathseqsam.label.infer`, :mod:`pathseqsam.label.train`: the MONAI Label tasks (need the
+* :mod:`pathseqsam.label.options`: the typed whitelist of request options (checked and advertised);
+* :mod:`pathseqsam.label.publish`: a trained model replaces the served one only when it validates
+  better on held-out images;
+* :mod:`pathseqsam.label.infer`, :mod:`pathseqsam.label.train`: the MONAI Label tasks, and
+  :mod:`pathseqsam.label.guards`: request checks before MONAI Label's own endpoint code (need the
   ``label`` extra).
 
-Only the last two import ``monailabel``; the rest runs in the core environment.
+Only those last three import ``monailabel``; the rest runs in the core environment.
 """
 
 from __future__ import annotations
