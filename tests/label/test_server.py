@@ -597,7 +597,8 @@ def test_training_keeps_the_served_model_unless_a_held_out_score_improves(server
     after = torch.load(server.bundle / "models" / "model.pt", weights_only=True)
     assert set(after) == set(before)
     epoch1 = record["validations"][1]["val_mean_dice"]
-    if epoch1 is not None and epoch1 > record["baseline"]:  # improved: epoch 1's weights are served
+    published = epoch1 is not None and epoch1 > record["baseline"]
+    if published:  # improved: epoch 1's weights are served
         trained = torch.load(staging / "checkpoint_epoch=1.pt", weights_only=True)["model"]
         assert all(torch.equal(after[k], trained[k]) for k in after)
         assert "published the model of epoch 1" in log
@@ -610,6 +611,20 @@ def test_training_keeps_the_served_model_unless_a_held_out_score_improves(server
 
     # the server answers with the served checkpoint
     _, name, payload = _parts(server.post("/infer/pathseqsam", image="seqA", output="all"))
-    _assert_same_mask(
-        _read_mask(name, payload, tmp_path), _expected_automatic(server, server.studies / "seqA.nii.gz")
-    )
+    served_masks = _expected_automatic(server, server.studies / "seqA.nii.gz")
+    _assert_same_mask(_read_mask(name, payload, tmp_path), served_masks)
+    if published:
+        return  # the answer above already came from the newly published weights
+    # publish epoch 1 the way publish_if_improved does (os.replace): the server reloads it
+    from pathseqsam.label.publish import publish_if_improved
+
+    trained = torch.load(staging / "checkpoint_epoch=1.pt", weights_only=True)["model"]
+    assert any(not torch.equal(after[k], trained[k]) for k in after)
+    torch.save(trained, staging / "model.pt")
+    record["best_epoch"] = 1  # as if epoch 1 had won
+    (staging / "validation.json").write_text(json.dumps(record))
+    assert publish_if_improved(staging, server.bundle / "models" / "model.pt")["published"] is True
+    _, name, payload = _parts(server.post("/infer/pathseqsam", image="seqA", output="all"))
+    expected = _expected_automatic(server, server.studies / "seqA.nii.gz")  # from the published file
+    assert (expected != served_masks).mean() > 0.01  # the two models segment differently
+    _assert_same_mask(_read_mask(name, payload, tmp_path), expected)
