@@ -63,7 +63,7 @@ def test_load_needs_a_pixel_size_and_one_way_of_sizing(tmp_path):
     with pytest.raises(SequenceDataError, match=r"case 'c': no pixel size for .*s0\.png; .*--mpp_um"):
         LoadSequenced("image", model_mpp_um=2.0)(item)
     assert LoadSequenced("image", model_mpp_um=2.0, mpp_um=0.5)(item)["image"].shape[-2:] == (16, 16)
-    with pytest.raises(ValueError, match="either model_mpp_um .* or spatial_size"):
+    with pytest.raises(ValueError, match=r"either model_mpp_um .* or spatial_size"):
         LoadSequenced("image", spatial_size=32, model_mpp_um=2.0)
 
 
