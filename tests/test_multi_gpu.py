@@ -167,7 +167,7 @@ def test_two_process_evaluation_matches_one_process(ddp_training, dataset, tmp_p
 
     # a one-epoch 64-px model predicts speckle that the post-processing would remove entirely; keep
     # every region so the Dice values have a spread to compare
-    keep_all = {"min_object_px": 0}
+    keep_all = {"min_object_um2": 0}
     _torchrun(
         roots["two"], "run", [TRAIN, EVALUATE, MULTI_EVALUATE], **_common(roots["two"], dataset), **keep_all
     )
