@@ -93,7 +93,7 @@ def _kpis_like(root: Path) -> Path:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:2048, :2048]
     split: dict[str, list] = {"training": [], "validation": []}
-    for c, name in enumerate(["a", "b", "v"]):
+    for name in ["a", "b", "v"]:
         images, labels = [], []
         for s in range(2):
             cy, cx = rng.integers(500, 1500, size=2)
