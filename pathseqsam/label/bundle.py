@@ -8,12 +8,15 @@ definition). Server-level settings come from ``monailabel start_server --conf KE
   ``--conf bundle.image_size 512`` gives the integer 512; a value that is not JSON stays a string);
   ids use MONAI's ``#`` separator, e.g. ``bundle.train#windows_per_case``;
 * ``z_spacing_um``: slice spacing for stacks without spacing metadata (default: the bundle's
-  ``distance_unit_um``, i.e. consecutive slices one distance unit apart).
+  ``distance_unit_um``, i.e. consecutive slices one distance unit apart);
+* ``mpp_um``: pixel size (um per pixel) of images whose files carry none (PNG, JPEG): the bundle's
+  ``mpp_um`` setting, so its preprocessing resamples them to ``model_mpp_um``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,6 +72,16 @@ def bundle_overrides(conf: Mapping[str, str]) -> dict[str, Any]:
         ValueError: an empty id (``--conf bundle. 3``).
     """
     out: dict[str, Any] = {}
+    if conf.get("mpp_um") is not None:  # the pixel size of files without one (PNG/JPEG)
+        try:
+            value = float(conf["mpp_um"])
+        except ValueError:
+            value = float("nan")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"--conf mpp_um {conf['mpp_um']}: expected a positive number of micrometres per pixel"
+            )
+        out["mpp_um"] = value
     for key, raw in conf.items():
         if not key.startswith(OVERRIDE_PREFIX):
             continue
