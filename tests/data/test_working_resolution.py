@@ -115,3 +115,15 @@ def test_minimum_object_size_is_in_square_micrometres():
     assert remove.min_pixels(2.0) == 38 and remove.min_pixels(0.5) == 600
     with pytest.raises(SequenceDataError, match="needs the pixel size"):
         remove({"pred": mask})
+
+
+def test_standard_chain_at_the_working_resolution(tmp_path):
+    from pathseqsam.data.transforms import sequence_transforms
+
+    item, masks = _slices(tmp_path)
+    item["mpp_um"] = 1.0
+    train = sequence_transforms(16, train=True, model_mpp_um=2.0, spatial_aug=False, stain_aug=False)(item)
+    assert train["image"].shape == (3, 2, 16, 16) and train["label"].shape == (1, 2, 16, 16)
+    val = sequence_transforms(16, train=False, model_mpp_um=2.0)(item)
+    assert val["image"].shape == (3, 2, 32, 32)  # whole slices at 2 um/px
+    np.testing.assert_array_equal(val["label"][0].numpy() > 0.5, np.stack(masks))  # label on the input grid
