@@ -107,13 +107,14 @@ class InferenceInputs:
 def inference_inputs(
     dataset_dir: str | os.PathLike,
     split: str = "test",
-    datalist: str = "datalist.json",
+    datalist: str | os.PathLike | None = None,
     mpp_um: float | None = None,
     demo_mpp_um: float | None = None,
 ) -> InferenceInputs:
     """What the bundle's inference segments: a datalist split, or every image of a user's folder.
 
-    * ``dataset_dir`` holds ``datalist``: its ``split`` (paths relative to the file);
+    * ``datalist`` is given: that file's ``split`` (paths relative to the file);
+    * ``dataset_dir`` holds ``datalist.json``: its ``split``;
     * ``dataset_dir`` is missing or empty: the synthetic demo set is generated there (as for training)
       and its ``split`` is used;
     * otherwise the folder (or a single image file) is scanned
@@ -126,7 +127,8 @@ def inference_inputs(
     Args:
         dataset_dir: dataset folder, a user's image folder, or one image file.
         split: datalist split to segment.
-        datalist: datalist file name inside ``dataset_dir``.
+        datalist: a datalist file to read instead of ``dataset_dir``'s (the bundle's ``datalist``
+            setting; None: ``<dataset_dir>/datalist.json`` when it exists).
         mpp_um: pixel size of scanned inputs whose files carry none (``--mpp_um``).
         demo_mpp_um: pixel size of a demo set generated here (see :func:`prepare_datalist`).
 
@@ -138,9 +140,11 @@ def inference_inputs(
             pixel size (the message says how to give it).
     """
     root = Path(dataset_dir)
-    if (root / datalist).is_file() or not root.exists() or (root.is_dir() and not any(root.iterdir())):
-        source = "datalist" if (root / datalist).is_file() else "demo"
-        path = prepare_datalist(root, datalist=datalist, demo_mpp_um=demo_mpp_um)
+    if datalist is not None:
+        return InferenceInputs(load_datalist(datalist, split), [], "datalist")
+    if (root / "datalist.json").is_file() or not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        source = "datalist" if (root / "datalist.json").is_file() else "demo"
+        path = prepare_datalist(root, demo_mpp_um=demo_mpp_um)
         return InferenceInputs(load_datalist(path, split), [], source)
     scanned = scan_input_folder(root, mpp_um=mpp_um)
     logger.info(
