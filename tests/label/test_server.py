@@ -137,6 +137,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     conf = {
         "models": "pathseqsam",
         "bundle": str(bundle),
+        "mpp_um": "2.0",  # patchC.png carries no pixel size: 256 um over 128 px, as the stacks
         **{f"bundle.{k}": json.dumps(v) for k, v in OVERRIDES.items()},
     }
     cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP)]
