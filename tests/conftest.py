@@ -32,7 +32,7 @@ def demo_checkpoint(tmp_path_factory):
     """A short bundle training on a small demo set at 2 um/px, shared by the resolution tests.
 
     Returns ``(bundle_root, dataset_dir)``: ``bundle_root/models/model.pt`` is the best checkpoint
-    (validation per-patch Dice about 0.6 after 6 epochs here, about 1 minute on 2 CPU cores).
+    (validation per-patch Dice 0.680 on its 6 patches after 6 epochs, about 1 minute on 2 CPU cores).
     """
     from monai.bundle import ConfigWorkflow
 

@@ -74,6 +74,17 @@ def test_same_dice_at_twice_the_pixel_density(demo_checkpoint, tmp_path):
     assert {s[-2:] for s in native_shapes} == {s[-2:] for s in dense_shapes} == {(128, 128)}
 
 
+def test_ensembling_at_twice_the_pixel_density(demo_checkpoint, tmp_path):
+    """``--ensemble true`` (4 mirrors around the sliding window) on the resampled slices."""
+    root, data = demo_checkpoint
+    double = rescale_datalist(data / "datalist.json", tmp_path / "x2", 2.0, splits=["validation"]).parent
+    native, shapes = _evaluate(root, data, tmp_path / "native", ensemble=True)
+    dense, _ = _evaluate(root, double, tmp_path / "dense", ensemble=True)
+    scored = [k for k in native if np.isfinite(native[k])]
+    assert len(shapes) == 4 * len({k[0] for k in native})  # 4 passes per sequence, one 128 px window each
+    assert abs(np.mean([dense[k] for k in scored]) - np.mean([native[k] for k in scored])) <= 0.03
+
+
 def test_checkpoint_of_another_resolution_is_refused(demo_checkpoint, tmp_path):
     root, data = demo_checkpoint
     with pytest.raises(Exception) as info:
