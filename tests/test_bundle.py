@@ -147,7 +147,9 @@ def test_inference_writes_masks_that_match_the_network(trained, dataset, tmp_pat
 
     item = {k: ([str(dataset / p) for p in v] if k in ("image", "label") else v) for k, v in case.items()}
     data = NormalizeSAM2d("image")(LoadSequenced(["image", "label"])(item))
-    net = build_pathseqsam(model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False).eval()
+    net = build_pathseqsam(
+        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
+    ).eval()
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     with torch.no_grad():
         probs = torch.sigmoid(net(data["image"][None], positions=data["positions"][None]))[0, 0]
@@ -202,7 +204,9 @@ def test_inference_ensemble_averages_the_mirrored_passes(dataset, tmp_path):
 
     torch.manual_seed(0)  # a random tiny model whose object score is forced positive: its mask
     # logits hover around 0, so the mirrored passes visibly change the thresholded masks
-    net = build_pathseqsam(model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False).eval()
+    net = build_pathseqsam(
+        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
+    ).eval()
     with torch.no_grad():
         net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
     visible = tmp_path / "visible"

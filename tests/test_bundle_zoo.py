@@ -253,7 +253,9 @@ def test_ckpt_export_traces_a_fixed_length_torchscript_that_reproduces_pytorch(t
 
     overrides = {"image_size": 64, "memory_k": 2}
     torch.manual_seed(0)
-    net = build_pathseqsam(model="tiny", distance_unit_um=5.0, multimask_output=False, **overrides)
+    net = build_pathseqsam(
+        model="tiny", distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0, **overrides
+    )
     torch.save(net.state_dict(), tmp_path / "model.pt")
     common = dict(
         net_id="network_def",

@@ -130,7 +130,9 @@ def test_two_process_training_shards_and_single_checkpoint(ddp_training, dataset
     assert state["trainer"]["epoch_length"] == state["trainer"]["iteration"] == len(train_cases) // 2
     from pathseqsam import build_pathseqsam
 
-    net = build_pathseqsam(model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False)
+    net = build_pathseqsam(
+        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
+    )
     net.load_state_dict(state["model"])  # strict: the DDP wrapper was unwrapped, no "module." keys
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
 
@@ -156,7 +158,9 @@ def test_two_process_evaluation_matches_one_process(ddp_training, dataset, tmp_p
 
     ddp_root, _ = ddp_training
     # the 1-epoch model predicts nothing yet; push its object score up so per-patch Dice varies
-    net = build_pathseqsam(model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False)
+    net = build_pathseqsam(
+        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
+    )
     net.load_state_dict(torch.load(ddp_root / "models" / "model.pt", weights_only=True))
     with torch.no_grad():
         net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(20.0)
@@ -167,7 +171,7 @@ def test_two_process_evaluation_matches_one_process(ddp_training, dataset, tmp_p
 
     # a one-epoch 64-px model predicts speckle that the post-processing would remove entirely; keep
     # every region so the Dice values have a spread to compare
-    keep_all = {"min_object_px": 0}
+    keep_all = {"min_object_um2": 0}
     _torchrun(
         roots["two"], "run", [TRAIN, EVALUATE, MULTI_EVALUATE], **_common(roots["two"], dataset), **keep_all
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathseqsam.engine.budget import WallTimeBudget
-from pathseqsam.engine.datalist_setup import prepare_datalist
+from pathseqsam.engine.datalist_setup import InferenceInputs, inference_inputs, prepare_datalist
 from pathseqsam.engine.distributed import ShardRecorder, handlers_for_rank
 from pathseqsam.engine.handlers import (
     AtomicCheckpointSaver,
@@ -22,6 +22,7 @@ from pathseqsam.engine.writers import SaveSequencePredictiond
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "InferenceInputs",
     "NaNLossGuard",
     "OverlaySaver",
     "PerPatchSaver",
@@ -35,6 +36,7 @@ __all__ = [
     "ValidationSummary",
     "WallTimeBudget",
     "handlers_for_rank",
+    "inference_inputs",
     "latest_checkpoint",
     "prepare_datalist",
     "resume_from_latest",

@@ -11,11 +11,14 @@ definition). Server-level settings come from ``monailabel start_server --conf KE
   ``distance_unit_um``, i.e. consecutive slices one distance unit apart);
 * ``max_megapixels``: pixels one inference request may decode (slices x height x width, read from
   the image header first; default 100 megapixels); larger images are refused with HTTP 413.
+* ``mpp_um``: pixel size (um per pixel) of images whose files carry none (PNG, JPEG): the bundle's
+  ``mpp_um`` setting, so its preprocessing resamples them to ``model_mpp_um``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +75,16 @@ def bundle_overrides(conf: Mapping[str, str]) -> dict[str, Any]:
         ValueError: an empty id (``--conf bundle. 3``).
     """
     out: dict[str, Any] = {}
+    if conf.get("mpp_um") is not None:  # the pixel size of files without one (PNG/JPEG)
+        try:
+            value = float(conf["mpp_um"])
+        except ValueError:
+            value = float("nan")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"--conf mpp_um {conf['mpp_um']}: expected a positive number of micrometres per pixel"
+            )
+        out["mpp_um"] = value
     for key, raw in conf.items():
         if not key.startswith(OVERRIDE_PREFIX):
             continue

@@ -95,12 +95,23 @@ class CropRegiond(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         first = torch.as_tensor(d[self.first_key(d)])
-        region = request_region(d, int(first.shape[-2]), int(first.shape[-1]))
+        h, w = int(first.shape[-2]), int(first.shape[-1])
+        # the region is in the image's own pixels; the tensors may be at the bundle's working
+        # resolution (LoadSequenced records the input's size in original_size)
+        sizes = d.get("original_size")
+        full_h, full_w = (
+            (int(v) for v in torch.as_tensor(sizes).reshape(-1, 2)[0]) if sizes is not None else (h, w)
+        )
+        region = request_region(d, full_h, full_w)
         d[self.region_key] = region
         if region is not None:
+            y0, y1 = round(region.y * h / full_h), round((region.y + region.height) * h / full_h)
+            x0, x1 = round(region.x * w / full_w), round((region.x + region.width) * w / full_w)
             for key in self.key_iterator(d):
                 x = torch.as_tensor(d[key])
-                d[key] = x[
-                    ..., region.y : region.y + region.height, region.x : region.x + region.width
-                ].contiguous()
+                d[key] = x[..., y0:y1, x0:x1].contiguous()
+            if sizes is not None:  # the prediction goes back to the region's own pixels
+                d["original_size"] = torch.tensor(
+                    [[region.height, region.width]] * len(torch.as_tensor(sizes))
+                )
         return d

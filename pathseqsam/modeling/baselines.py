@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pathseqsam.modeling.resolution import attach_model_mpp
 from pathseqsam.modeling.slicewise import SliceWise
 
 __all__ = ["BASELINE_WIDTHS", "build_dynunet", "build_swinunetr", "nnunet_filters", "nnunet_kernels_strides"]
@@ -107,6 +108,7 @@ def build_dynunet(
     spacing: Sequence[float] = (1.0, 1.0),
     in_channels: int = 3,
     out_channels: int = 1,
+    model_mpp_um: float | None = None,
 ) -> SliceWise:
     """nnU-Net-style 2D U-Net (MONAI ``DynUNet``) on ``image_size`` patches, applied per slice.
 
@@ -116,6 +118,8 @@ def build_dynunet(
         spacing: in-plane pixel spacing (isotropic for pathology patches).
         in_channels: input channels (RGB).
         out_channels: output channels (one glomerulus logit).
+        model_mpp_um: working resolution saved with the weights and checked on load (see
+            :func:`pathseqsam.modeling.resolution.attach_model_mpp`); None: not recorded.
 
     Returns:
         The network wrapped in :class:`SliceWise`.
@@ -135,11 +139,15 @@ def build_dynunet(
         norm_name=("INSTANCE", {"affine": True}),
         res_block=False,
     )
-    return SliceWise(net)
+    return _with_mpp(SliceWise(net), model_mpp_um)
 
 
 def build_swinunetr(
-    image_size: int, width: str = "full", in_channels: int = 3, out_channels: int = 1
+    image_size: int,
+    width: str = "full",
+    in_channels: int = 3,
+    out_channels: int = 1,
+    model_mpp_um: float | None = None,
 ) -> SliceWise:
     """Swin-Transformer U-Net (MONAI ``SwinUNETR``, ``spatial_dims=2``), applied per slice.
 
@@ -148,6 +156,7 @@ def build_swinunetr(
         width: ``"tiny"`` (feature size 12) or ``"full"`` (48).
         in_channels: input channels (RGB).
         out_channels: output channels (one glomerulus logit).
+        model_mpp_um: working resolution saved with the weights and checked on load; None: not recorded.
 
     Returns:
         The network wrapped in :class:`SliceWise`.
@@ -160,4 +169,8 @@ def build_swinunetr(
     net = SwinUNETR(
         in_channels=in_channels, out_channels=out_channels, feature_size=feature_size, spatial_dims=2
     )
-    return SliceWise(net)
+    return _with_mpp(SliceWise(net), model_mpp_um)
+
+
+def _with_mpp(net: SliceWise, model_mpp_um: float | None) -> SliceWise:
+    return net if model_mpp_um is None else attach_model_mpp(net, model_mpp_um)

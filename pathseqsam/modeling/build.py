@@ -10,6 +10,7 @@ CPU-sized variant of ``sam2.1_hiera_t`` for tests and demos (about 1.3 M paramet
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from pathseqsam.modeling.checkpoint import load_sam2_checkpoint
 from pathseqsam.modeling.lora import apply_lora, configure_trainable, trainable_summary
 from pathseqsam.modeling.network import PathSeqSAM
+from pathseqsam.modeling.resolution import attach_model_mpp
 from pathseqsam.modeling.settings import PathSeqSAMSettings
 
 __all__ = ["MODEL_CONFIGS", "TINY_OVERRIDES", "build_pathseqsam", "instantiate_sam2", "sam2_hydra_overrides"]
@@ -143,6 +145,7 @@ def build_pathseqsam(
     frozen: Iterable[str] = (),
     device: str | torch.device | None = None,
     settings: PathSeqSAMSettings | None = None,
+    model_mpp_um: float | None = None,
     **setting_overrides: Any,
 ) -> PathSeqSAM:
     """Build a PathSeqSAM network.
@@ -161,6 +164,10 @@ def build_pathseqsam(
         train_image_encoder: fine-tune the whole image encoder (instead of LoRA only).
         frozen: extra parameter-name prefixes to freeze.
         device: where to put the model (default: CPU).
+        model_mpp_um: the working resolution (micrometres per pixel of the images the network sees).
+            Registered as the persistent buffer ``model_mpp_um`` after any SAM2 checkpoint is loaded,
+            so it is saved with the weights and a state dict of another resolution is refused on
+            load (:mod:`pathseqsam.modeling.resolution`). None: not recorded.
         settings: the network's memory and distance settings
             (:class:`~pathseqsam.modeling.settings.PathSeqSAMSettings`, documented there).
         **setting_overrides: fields of those settings by name (``memory_k=5``,
@@ -181,8 +188,17 @@ def build_pathseqsam(
     settings = PathSeqSAMSettings(**{**base, **setting_overrides})
     net: PathSeqSAM = instantiate_sam2(model, image_size, **settings.as_dict())
     if checkpoint is not None:
-        load_sam2_checkpoint(net, checkpoint)
+        saved_mpp = load_sam2_checkpoint(net, checkpoint)
         logger.info("loaded SAM2 weights from %s", checkpoint)
+        if saved_mpp is not None:  # an export of a trained PathSeqSAM: keep its resolution
+            if model_mpp_um is not None and not math.isclose(saved_mpp, model_mpp_um, rel_tol=1e-3):
+                raise ValueError(
+                    f"{checkpoint} was trained at model_mpp_um={saved_mpp:g} um/px, not {model_mpp_um:g}; "
+                    f"set model_mpp_um={saved_mpp:g} or use weights trained at {model_mpp_um:g} um/px"
+                )
+            model_mpp_um = saved_mpp
+    if model_mpp_um is not None:
+        attach_model_mpp(net, model_mpp_um)
     if lora_rank > 0:
         apply_lora(net, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
     configure_trainable(net, train_image_encoder=train_image_encoder, frozen=frozen)

@@ -2,7 +2,9 @@
 
 Official checkpoints (``sam2.1_hiera_tiny.pt`` ...) are ``{"model": state_dict}`` files read with
 ``torch.load(weights_only=True)`` (no pickled code is executed). PathSeqSAM adds parameters that
-SAM2 does not have (the distance kernel's lambda); those, and only those, may be missing.
+SAM2 does not have (the distance kernel's lambda); those, and only those, may be missing. A
+checkpoint exported from a trained PathSeqSAM also carries its working resolution
+(``model_mpp_um``); it is returned to the caller rather than loaded as a weight.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from pathseqsam.modeling.resolution import MODEL_MPP_KEY
 
 __all__ = ["PATHSEQSAM_NEW_KEYS", "load_sam2_checkpoint", "read_sam2_state_dict"]
 
@@ -65,7 +69,7 @@ def read_sam2_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
 def load_sam2_checkpoint(
     model: nn.Module, path: str | os.PathLike, allowed_missing: Iterable[str] = PATHSEQSAM_NEW_KEYS
-) -> None:
+) -> float | None:
     """Load a SAM2 checkpoint into ``model`` (before LoRA is injected), strictly but for new keys.
 
     Args:
@@ -73,11 +77,16 @@ def load_sam2_checkpoint(
         path: checkpoint file.
         allowed_missing: keys the model has and the checkpoint may lack.
 
+    Returns:
+        The checkpoint's ``model_mpp_um`` (an export of a trained PathSeqSAM), or None (official
+        SAM2 weights carry none).
+
     Raises:
         ValueError: naming the unexpected, missing and shape-mismatched keys (nothing is loaded).
     """
     state = read_sam2_state_dict(path)
-    own = model.state_dict()
+    mpp = state.pop(MODEL_MPP_KEY, None)
+    own = {k: v for k, v in model.state_dict().items() if k != MODEL_MPP_KEY}
     missing = set(own) - set(state) - set(allowed_missing)
     unexpected = set(state) - set(own)
     shapes = [
@@ -100,3 +109,4 @@ def load_sam2_checkpoint(
             + " | ".join(problems)
         )
     model.load_state_dict(state, strict=False)
+    return None if mpp is None else float(mpp)

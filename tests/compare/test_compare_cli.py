@@ -105,7 +105,7 @@ def test_parameter_counts_match_the_networks(comparison):
     rows = {r["variant"]: r for r in _report(comparison)}
     dyn = sum(p.numel() for p in build_dynunet(SIZE, width="tiny").parameters())
     assert int(rows["dynunet"]["params_total"]) == int(rows["dynunet"]["params_trainable"]) == dyn
-    net = build_pathseqsam(model="tiny", image_size=SIZE, train_image_encoder=True)
+    net = build_pathseqsam(model="tiny", image_size=SIZE, train_image_encoder=True, model_mpp_um=2.0)
     assert int(rows["pathseqsam"]["params_total"]) == sum(p.numel() for p in net.parameters())
     # the evaluated model is the one training saved: load it back into the network
     state = torch.load(comparison / "pathseqsam" / "models" / "model.pt", weights_only=True)

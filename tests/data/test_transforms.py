@@ -323,7 +323,7 @@ def test_load_errors_name_the_files(tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(item["image"][0])
     with pytest.raises(
         SequenceDataError,
-        match=r"s1_img\.png: slice is 32x32 px but .*s0_img\.png is 16x16 px; set spatial_size",
+        match=r"s1_img\.png: slice is 32x32 px but .*s0_img\.png is 16x16 px; expected slices of one size",
     ):
         LoadSequenced("image")(item)
     assert LoadSequenced("image", spatial_size=8)(item)["original_size"].tolist() == [

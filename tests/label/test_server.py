@@ -148,6 +148,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     conf = {
         "models": "pathseqsam",
         "bundle": str(bundle),
+        "mpp_um": "2.0",  # patchC.png carries no pixel size: 256 um over 128 px, as the stacks
         **{f"bundle.{k}": json.dumps(v) for k, v in OVERRIDES.items()},
     }
     # What the `monailabel` script execs, minus the script's PYTHONPATH=<the venv's parent folder>,

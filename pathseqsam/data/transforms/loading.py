@@ -1,7 +1,13 @@
-"""Loading transforms: choose the slices of a window, decode them, resize, normalise for SAM2.
+"""Loading transforms: choose the slices of a window, decode them at the working resolution, crop,
+normalise for SAM2.
 
-These turn a datalist item into the network's input ``[C, N, H, W]`` (channels, slices, height, width);
-they are deterministic apart from the random window.
+These turn a datalist item into the network's input ``[C, N, H, W]`` (channels, slices, height, width).
+The network works at ONE physical resolution (the bundle's ``model_mpp_um``): :class:`LoadSequenced`
+resamples every slice by ``mpp_um / model_mpp_um`` right after decoding (its own pixel size from
+:mod:`pathseqsam.data.resolution`), training then takes the same random ``image_size`` crop from every
+slice of a window (:class:`RandSequenceCropd`), and evaluation tiles the whole slice with a sliding
+window; :class:`~pathseqsam.data.transforms.postprocessing.RestoreInputGridd` brings predictions back
+to the input's own pixel grid. They are deterministic apart from the random window and crop.
 """
 
 from __future__ import annotations
@@ -20,17 +26,20 @@ from monai.transforms import MapTransform, Randomizable
 from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
 from pathseqsam.data.datalist import validate_positions
 from pathseqsam.data.errors import SequenceDataError
-from pathseqsam.data.image_io import read_slice, to_binary_mask, to_rgb_float
+from pathseqsam.data.image_io import read_image_size, read_slice, to_binary_mask, to_rgb_float
+from pathseqsam.data.resolution import check_mpp_um, resolve_mpp_um
 from pathseqsam.data.stacks import probe_stack, read_stack_slices
 
 __all__ = [
     "SEQUENCE_KEYS",
     "LoadSequenced",
     "NormalizeSAM2d",
+    "RandSequenceCropd",
     "RandSequenceWindowd",
     "ResizeSequenced",
     "resize_sequence_image",
     "resize_sequence_mask",
+    "working_size",
 ]
 
 # Keys holding one entry per slice (first axis), sliced together with the images by windows.
@@ -85,6 +94,19 @@ def resize_sequence_mask(mask: torch.Tensor, size: int | Sequence[int]) -> torch
     else:
         x = F.interpolate(x, size=(h, w), mode="nearest")
     return x.permute(1, 0, 2, 3).contiguous()
+
+
+def working_size(size: Sequence[int], scale: float) -> tuple[int, int]:
+    """``(height, width)`` of a slice of ``size`` pixels resampled by ``scale`` (at least 1 pixel).
+
+    Args:
+        size: ``(height, width)`` at the input's own pixel size.
+        scale: ``mpp_um / model_mpp_um``.
+
+    Returns:
+        ``(round(height * scale), round(width * scale))``.
+    """
+    return max(1, round(int(size[0]) * scale)), max(1, round(int(size[1]) * scale))
 
 
 def _sequence_length(d: Mapping[Hashable, Any], keys: Sequence[Hashable], z_spacing_um: float | None) -> int:
@@ -197,20 +219,30 @@ class LoadSequenced(MapTransform):
 
     ``keys[0]`` is the image key; any further keys are masks. Each value is a list of slice files or
     one stack file. Grayscale, RGBA and 16-bit inputs are converted and masks binarised as described in
-    :mod:`pathseqsam.data.image_io`. With ``spatial_size`` every slice is resized right after decoding
-    (JPEGs are decoded at a reduced scale when possible), so a long case of 2048 px patches never sits
-    in memory at full size.
+    :mod:`pathseqsam.data.image_io`.
+
+    With ``model_mpp_um`` (the bundle's setting) every slice is resampled right after decoding by
+    ``mpp_um / model_mpp_um`` (images: antialiased bilinear; masks: area fraction >= 0.5 when
+    shrinking, nearest when enlarging), so the network always sees the same micrometres per pixel;
+    JPEGs are decoded at a reduced scale when possible, so a long case of 2048 px patches never sits in
+    memory at full size. The input's own ``mpp_um`` comes from the item's ``mpp_um`` field, else the
+    file's metadata, else the ``mpp_um`` fallback, else an error that says how to give it
+    (:func:`pathseqsam.data.resolution.resolve_mpp_um`). Keys in ``native_keys`` (validation: the
+    ground truth) are read at the input's own pixel grid, so metrics are computed there.
+    ``spatial_size`` (resize every slice to a fixed number of pixels) is the older, scale-blind
+    alternative, kept for pictures and tools; it cannot be combined with ``model_mpp_um``.
 
     Adds ``positions`` (float32 ``[N, D]`` um, from ``positions_um``, else from the stack header, else
-    NaN ``[N, 1]``), ``slice_names`` (file names, or ``<stack>_z0007``), ``slice_index`` (int64 ``[N]``
-    index of each slice in the full sequence), ``original_size`` (int64 ``[N, 2]`` height, width) and
-    turns ``degraded`` into an int64 tensor ``[N]``. ``positions_um`` is removed (``positions`` replaces
-    it). Images and labels are plain ``torch.Tensor`` (no MetaTensor), metadata live in those keys.
+    NaN ``[N, 1]``; also NaN for a stack whose item says ``spacing_source: "unknown"``), ``slice_names``
+    (file names, or ``<stack>_z0007``), ``slice_index`` (int64 ``[N]`` index of each slice in the full
+    sequence), ``original_size`` (int64 ``[N, 2]`` height, width at the input's own pixel grid),
+    ``mpp_um`` (float, when known) and turns ``degraded`` into an int64 tensor ``[N]``.
+    ``positions_um`` is removed (``positions`` replaces it). Images and labels are plain
+    ``torch.Tensor`` (no MetaTensor), metadata live in those keys.
 
     Args:
         keys: image key first, then mask keys.
-        spatial_size: resize every slice to this ``H = W`` or ``(H, W)``; None keeps the native size
-            (all slices must then be the same size).
+        spatial_size: resize every slice to this ``H = W`` or ``(H, W)`` pixels; None keeps the size.
         mask_threshold: JPEG masks: fraction of the mask range above which a pixel is foreground
             (masks from lossless files: every non-zero value, see :mod:`pathseqsam.data.image_io`).
         positions_key: datalist key with positions in um.
@@ -218,6 +250,13 @@ class LoadSequenced(MapTransform):
         z_spacing_um: fallback z-spacing for stacks without spacing metadata.
         assume_isotropic: TIFF stacks: take z-spacing from the in-plane resolution as a last resort.
         allow_missing_keys: allow items without a label (inference).
+        model_mpp_um: the working resolution (micrometres per pixel the network sees); None: no
+            resampling.
+        mpp_um: pixel size of inputs that carry none (no datalist field, no file metadata).
+        native_keys: keys read at the input's own pixel grid (not resampled).
+
+    Raises:
+        ValueError: both ``spatial_size`` and ``model_mpp_um``, or a bad setting.
     """
 
     def __init__(
@@ -230,8 +269,16 @@ class LoadSequenced(MapTransform):
         z_spacing_um: float | None = None,
         assume_isotropic: bool = False,
         allow_missing_keys: bool = True,
+        model_mpp_um: float | None = None,
+        mpp_um: float | None = None,
+        native_keys: KeysCollection = (),
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if spatial_size is not None and model_mpp_um is not None:
+            raise ValueError(
+                "LoadSequenced: give either model_mpp_um (resample to a physical resolution) or "
+                "spatial_size (resize to a pixel count), not both"
+            )
         self.spatial_size = None if spatial_size is None else _size2(spatial_size)
         if not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
@@ -240,6 +287,14 @@ class LoadSequenced(MapTransform):
         self.output_positions_key = output_positions_key
         self.z_spacing_um = z_spacing_um
         self.assume_isotropic = assume_isotropic
+        self.model_mpp_um = None if model_mpp_um is None else check_mpp_um(model_mpp_um, "model_mpp_um")
+        self.mpp_um = None if mpp_um is None else check_mpp_um(mpp_um, "the mpp_um setting")
+        self.native_keys = {native_keys} if isinstance(native_keys, str) else set(native_keys)
+
+    def _target(self, size: tuple[int, int], scale: float | None) -> tuple[int, int] | None:
+        if scale is not None:
+            return working_size(size, scale)
+        return self.spatial_size
 
     def _read(
         self,
@@ -249,6 +304,7 @@ class LoadSequenced(MapTransform):
         where: str,
         image_sizes: list[tuple[int, int]] | None = None,
         image_sources: list[str] | None = None,
+        scale: float | None = None,
     ) -> tuple[torch.Tensor, list[tuple[int, int]], list[str], list[str]]:
         """Decode one key: returns ([C, N, H, W], original sizes, slice names, sources)."""
         if isinstance(value, (str, Path)):
@@ -259,7 +315,11 @@ class LoadSequenced(MapTransform):
             names = [f"{stem}_z{i:04d}" for i in index]
             sources = [f"{value}#{i}" for i in index]
         elif isinstance(value, (list, tuple)) and value:
-            slices = [read_slice(p, self.spatial_size) for p in value]
+            slices = []
+            for p in value:
+                # JPEGs decode at a reduced scale when the target is known from the header
+                target = self._target(read_image_size(p), scale) if scale is not None else self.spatial_size
+                slices.append(read_slice(p, target))
             names = [Path(p).name for p in value]
             sources = [str(p) for p in value]
         else:
@@ -281,18 +341,16 @@ class LoadSequenced(MapTransform):
                 ]
             else:
                 t = torch.from_numpy(to_rgb_float(arr, source)).permute(2, 0, 1)
-            if self.spatial_size is not None:
+            target = self._target(size, scale)
+            if target is not None:
                 t = t[:, None]
-                t = (
-                    resize_sequence_mask(t, self.spatial_size)
-                    if is_mask
-                    else resize_sequence_image(t, self.spatial_size)
-                )
+                t = resize_sequence_mask(t, target) if is_mask else resize_sequence_image(t, target)
                 t = t[:, 0]
-            elif out and t.shape[-2:] != out[0].shape[-2:]:
+            if out and t.shape[-2:] != out[0].shape[-2:]:
                 raise SequenceDataError(
-                    f"{source}: slice is {t.shape[-1]}x{t.shape[-2]} px but {sources[0]} is "
-                    f"{out[0].shape[-1]}x{out[0].shape[-2]} px; set spatial_size to resize slices of different sizes"
+                    f"{source}: slice is {size[1]}x{size[0]} px but {sources[0]} is "
+                    f"{sizes[0][1]}x{sizes[0][0]} px; expected slices of one size within a sequence "
+                    "(or set spatial_size to resize them to one)"
                 )
             out.append(t)
             sizes.append(size)
@@ -309,14 +367,23 @@ class LoadSequenced(MapTransform):
         if image_key not in keys:
             raise SequenceDataError(f"{where}: no {image_key!r} in the item (keys {sorted(map(str, d))})")
         image_value = d[image_key]
-        image, sizes, names, sources = self._read(image_value, False, slice_index, where)
+        scale = None
+        if self.model_mpp_um is not None:
+            first = image_value[0] if isinstance(image_value, (list, tuple)) and image_value else image_value
+            mpp, _ = resolve_mpp_um(d.get("mpp_um"), first, self.mpp_um, where)
+            d["mpp_um"] = mpp
+            scale = mpp / self.model_mpp_um
+        image, sizes, names, sources = self._read(image_value, False, slice_index, where, scale=scale)
         n = image.shape[1]
         d[image_key] = image
         for key in keys[1:]:
             if d[key] is None:
                 del d[key]
                 continue
-            d[key] = self._read(d[key], True, slice_index, where, sizes, sources)[0]
+            key_scale = None if key in self.native_keys else scale
+            if key in self.native_keys and self.spatial_size is not None:
+                raise ValueError(f"LoadSequenced: native_keys {key!r} needs model_mpp_um, not spatial_size")
+            d[key] = self._read(d[key], True, slice_index, where, sizes, sources, scale=key_scale)[0]
 
         d["slice_names"] = names
         d["slice_index"] = torch.as_tensor(
@@ -336,14 +403,67 @@ class LoadSequenced(MapTransform):
     ) -> torch.Tensor:
         if d.get(self.positions_key) is not None:
             arr = validate_positions(d.pop(self.positions_key), n, where, names)
-        elif isinstance(image_value, (str, Path)):
+        elif isinstance(image_value, (str, Path)) and d.get("spacing_source") != "unknown":
             info = probe_stack(image_value, self.z_spacing_um, self.assume_isotropic)
             z = np.asarray(info.z_positions_um, dtype=np.float64)
             arr = (z if slice_index is None else z[np.asarray(slice_index, dtype=np.int64)])[:, None]
         else:
             d.pop(self.positions_key, None)
-            arr = np.full((n, 1), np.nan)  # unknown: the network falls back to index distances
+            arr = np.full((n, 1), np.nan)  # unknown: the network estimates distances from features
         return torch.as_tensor(arr, dtype=torch.float32)
+
+
+class RandSequenceCropd(Randomizable, MapTransform):
+    """The same random ``roi_size`` crop from every slice of a loaded sequence (training at one scale).
+
+    Slices smaller than the crop are padded first, centred: images with ``image_pad`` (1.0, white
+    glass, on RGB in [0, 1]) and masks with 0. Apply after :class:`LoadSequenced` (working
+    resolution) and before the augmentation and normalisation.
+
+    Args:
+        keys: image key first, then mask keys; tensors ``[C, N, H, W]``.
+        roi_size: crop ``H = W`` or ``(H, W)``: the bundle's ``image_size``.
+        image_pad: pad value of the image key.
+        allow_missing_keys: allow items without a label.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        roi_size: int | Sequence[int] = 256,
+        image_pad: float = 1.0,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.roi_size = _size2(roi_size)
+        self.image_pad = float(image_pad)
+        self._y = self._x = 0
+
+    def randomize(self, size: tuple[int, int]) -> None:
+        """Draw the crop's top-left corner in a (padded) slice of ``size`` = ``(H, W)``."""
+        self._y = int(self.R.randint(0, size[0] - self.roi_size[0] + 1))
+        self._x = int(self.R.randint(0, size[1] - self.roi_size[1] + 1))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        h, w = (int(s) for s in torch.as_tensor(d[keys[0]]).shape[-2:])
+        ph, pw = max(0, self.roi_size[0] - h), max(0, self.roi_size[1] - w)
+        self.randomize((h + ph, w + pw))
+        (rh, rw), y, x = self.roi_size, self._y, self._x
+        for key in keys:
+            t = torch.as_tensor(d[key])
+            if tuple(t.shape[-2:]) != (h, w):
+                raise SequenceDataError(
+                    f"{key!r} is {tuple(t.shape[-2:])} px but {keys[0]!r} is {(h, w)}; expected equal sizes"
+                )
+            if ph or pw:
+                value = self.image_pad if key == self.keys[0] else 0.0
+                t = F.pad(t.float(), (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
+            d[key] = t[..., y : y + rh, x : x + rw].contiguous()
+        return d
 
 
 class ResizeSequenced(MapTransform):

@@ -1,0 +1,95 @@
+"""The README's own-data command: a folder of PNGs and a multi-page TIFF, no datalist, one command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from tests.bundle_paths import CONFIGS, LOGGING, META, ROOT
+
+
+def _run_inference(root: Path, dataset: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(CONFIGS / "inference.json"), "--meta_file", META, "--logging_file", LOGGING,
+        "--dataset_dir", str(dataset), "--output_dir", str(out), "--bundle_root", str(root), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _user_folder(data: Path, folder: Path) -> list[np.ndarray]:
+    """Three demo validation sections as PNGs (a sub-folder, 2 um/px), the same three at 1 um/px in
+    a multi-page TIFF with resolution tags, two single patches of one name, and files to skip."""
+    sections = sorted((data / "Task1_patch_level" / "validation").glob("*/*/img/*.jpg"))[:3]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sections]
+    (folder / "serial").mkdir(parents=True)
+    for k, img in enumerate(images):
+        Image.fromarray(img).save(folder / "serial" / f"section{k + 1}.png")
+    Image.fromarray(images[0]).save(folder / "patch.png")
+    Image.fromarray(images[1]).save(folder / "patch.jpg", quality=95)
+    dense = np.stack([np.asarray(Image.fromarray(i).resize((256, 256), Image.LANCZOS)) for i in images])
+    tifffile.imwrite(
+        folder / "dense.tif", dense, photometric="rgb", resolution=(1e4, 1e4), resolutionunit="CENTIMETER"
+    )
+    with tifffile.TiffWriter(folder / "slide.tif") as tif:
+        for step in (1, 2, 4):
+            tif.write(dense[0, ::step, ::step], photometric="rgb")
+    (folder / "notes.txt").write_text("not an image")
+    return images
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def test_own_folder_of_pngs_and_a_multipage_tiff(demo_checkpoint, tmp_path):
+    root, data = demo_checkpoint
+    folder, out = tmp_path / "my images", tmp_path / "out"
+    _user_folder(data, folder)
+
+    refused = _run_inference(root, folder, tmp_path / "refused")
+    assert refused.returncode != 0
+    assert "have no pixel size" in refused.stderr and "--mpp_um <um per px>" in refused.stderr
+
+    proc = _run_inference(root, folder, out, "--mpp_um", "2.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_mpp_um"] == 2.0
+    assert sorted(summary["cases"]) == ["dense", "patch_jpg", "patch_png", "serial"]
+    skipped = {Path(s["file"]).name: s["reason"] for s in summary["skipped"]}
+    assert set(skipped) == {"notes.txt", "slide.tif"} and "inference_wsi.json" in skipped["slide.tif"]
+
+    dense = summary["cases"]["dense"]
+    assert dense["mpp_um"] == 1.0 and dense["size"] == [256, 256]  # the TIFF's own tags, not --mpp_um
+    stack = tifffile.imread(out / dense["stack"])
+    assert stack.shape == (3, 256, 256)
+    serial = summary["cases"]["serial"]
+    assert serial["mpp_um"] == 2.0 and [s["slice"] for s in serial["slices"]] == [
+        "section1.png", "section2.png", "section3.png",
+    ]  # fmt: skip
+    compared = 0
+    for k, entry in enumerate(serial["slices"]):
+        mask = np.asarray(Image.open(out / entry["mask"])) > 0
+        assert mask.shape == (128, 128)
+        assert (out / entry["overlay"]).is_file()
+        # the same tissue at twice the pixel density gives the same mask, on its own grid
+        dense_mask = stack[k] > 0
+        np.testing.assert_array_equal(
+            dense_mask, np.asarray(Image.open(out / dense["slices"][k]["mask"])) > 0
+        )
+        if mask.sum() > 200:
+            shrunk = dense_mask.reshape(128, 2, 128, 2).mean(axis=(1, 3)) >= 0.5
+            assert _dice(mask, shrunk) > 0.9, (k, _dice(mask, shrunk))
+            compared += 1
+    assert compared >= 1  # the checkpoint found glomeruli to compare
+    # two inputs named 'patch' never share a folder
+    png = np.asarray(Image.open(out / summary["cases"]["patch_png"]["slices"][0]["mask"]))
+    assert png.shape == (128, 128) and (out / "patch_jpg" / "patch_mask.png").is_file()
