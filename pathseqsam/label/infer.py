@@ -139,7 +139,16 @@ class PathSeqSAMInferTask(BundleInferTask):
         dtype = self.bundle_config.get_parsed_content("amp_kwargs").get("dtype", torch.bfloat16)
         with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=amp):
             if self.interactive:
-                prompts, prompted = request_prompts(data, n, h, w, data.get("region"))
+                # clicks are in the image's own pixels; the network sees it at model_mpp_um
+                native = data.get("original_size")
+                nat_h, nat_w = (
+                    (int(v) for v in torch.as_tensor(native).reshape(-1, 2)[0])
+                    if native is not None
+                    else (h, w)
+                )
+                prompts, prompted = request_prompts(
+                    data, n, nat_h, nat_w, data.get("region"), scale=(w / nat_w, h / nat_h)
+                )
                 prompts = {k: v.to(device) for k, v in prompts.items()}
                 logits = propagate_both_ways(network, image, positions, prompts)
                 data["prompted_slices"] = prompted

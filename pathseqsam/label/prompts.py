@@ -56,7 +56,12 @@ def _no_slice(where: str) -> ValueError:
 
 
 def request_prompts(
-    request: Mapping[str, Any], n_slices: int, height: int, width: int, region: Region | None = None
+    request: Mapping[str, Any],
+    n_slices: int,
+    height: int,
+    width: int,
+    region: Region | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[dict[str, Tensor], list[int]]:
     """Build PathSeqSAM prompts from a MONAI Label request.
 
@@ -64,9 +69,12 @@ def request_prompts(
         request: MONAI Label request with ``foreground``, ``background``, ``roi`` (any may be absent or
             empty) and optionally ``slice``.
         n_slices: slices of the sequence.
-        height: slice (or region) height in pixels.
-        width: slice (or region) width in pixels.
+        height: slice (or region) height in the image's own pixels.
+        width: slice (or region) width in the image's own pixels.
         region: the region the model sees (clicks are shifted by its location), or None.
+        scale: ``(x, y)`` factors from the image's own pixels (where clicks are given and checked) to
+            the pixels the network sees: ``working size / native size`` when the bundle resamples the
+            image to its ``model_mpp_um``.
 
     Returns:
         ``(prompts, prompted_slices)``: ``prompts`` holds ``point_coords`` ``[1, N, P, 2]`` and
@@ -134,12 +142,13 @@ def request_prompts(
         labels = torch.full((1, n_slices, p), -1, dtype=torch.long)
         for z, clicks in points.items():
             for k, (x, y, lab) in enumerate(clicks):
-                coords[0, z, k] = torch.tensor([x, y])
+                coords[0, z, k] = torch.tensor([x * scale[0], y * scale[1]])
                 labels[0, z, k] = lab
         prompts.update(point_coords=coords, point_labels=labels)
     if boxes:
         box = torch.full((1, n_slices, 4), float("nan"))
         for z, corners in boxes.items():
-            box[0, z] = torch.tensor(corners)
+            x0, y0, x1, y1 = corners
+            box[0, z] = torch.tensor([x0 * scale[0], y0 * scale[1], x1 * scale[0], y1 * scale[1]])
         prompts["boxes"] = box
     return prompts, prompted

@@ -47,6 +47,17 @@ def test_region_shifts_clicks_and_clips_the_box():
     assert prompts["boxes"][0, 0].tolist() == [0, 0, 20, 10]
 
 
+def test_clicks_in_image_pixels_are_scaled_to_the_working_resolution():
+    # a 1 um/px image seen by a 2 um/px network: half the pixels; clicks are checked in image pixels
+    region = Region(x=100, y=200, width=64, height=32)
+    request = {"foreground": [[140, 210]], "roi": [100, 200, 164, 232]}
+    prompts, _ = request_prompts(request, 1, 32, 64, region=region, scale=(0.5, 0.5))
+    assert prompts["point_coords"][0, 0, 0].tolist() == [20, 5]
+    assert prompts["boxes"][0, 0].tolist() == [0, 0, 32, 16]
+    with pytest.raises(ValueError, match="click lies outside the 64x32 px region"):
+        request_prompts({"foreground": [[170, 210]]}, 1, 32, 64, region=region, scale=(0.5, 0.5))
+
+
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
