@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pathseqsam.modeling.adaptive_memory import MemoryBank, MemoryEntry, adaptive_memory_scores, select_memory
+from pathseqsam.modeling.adaptive_memory import (
+    MemoryBank,
+    MemoryEntry,
+    adaptive_memory_scores,
+    select_memory,
+    select_recent,
+)
 
 
 def test_select_memory_on_constructed_scores():
@@ -19,6 +25,22 @@ def test_select_memory_on_constructed_scores():
     assert select_memory(scores, cond, k=2).tolist() == [[0, 1, 3], [0, 2, 4]]
     with pytest.raises(ValueError, match="k must be >= 1"):
         select_memory(scores, none, k=0)
+
+
+def test_select_recent_is_sam2s_window():
+    """SAM2's frames for slice t = 12 with a window of 6: prompted slices wherever they are, plus
+    un-prompted slices 6..11; element 1 has no prompted slice 3, so it keeps one fewer (padding)."""
+    indices = torch.tensor([0, 3, 5, 6, 7, 8, 9, 10, 11])
+    cond = torch.zeros(2, 9, dtype=torch.bool)
+    cond[:, 0] = True
+    cond[0, 1] = True  # slice 3 prompted for element 0 only
+    cond[:, 4] = True  # slice 7 prompted for both: inside the window, it takes no extra place
+    sel, valid = select_recent(indices, cond, t=12, window=6)
+    kept = [[int(indices[p]) for p, v in zip(row, ok) if v] for row, ok in zip(sel.tolist(), valid.tolist())]
+    assert kept == [[0, 3, 6, 7, 8, 9, 10, 11], [0, 6, 7, 8, 9, 10, 11]]
+    assert valid.sum(1).tolist() == [8, 7]
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        select_recent(indices, cond, t=12, window=0)
 
 
 def test_adaptive_scores_are_cosine_times_confidence():
@@ -96,7 +118,9 @@ def test_network_last_mode_is_sam2_last_frames(make_tiny):
     with torch.no_grad():
         mem = net(seq, return_aux=True)["memory_indices"][0]
     for t in range(9):
-        expected = list(range(max(0, t - 6), t))  # SAM2: num_maskmem - 1 = 6 previous frames
+        # SAM2: the initial conditioning frame (slice 0, here unprompted) and the num_maskmem - 1 = 6
+        # previous frames; the full comparison with SAM2 is in test_sam2_equivalence.py
+        expected = sorted({0} | set(range(max(0, t - 6), t))) if t else []
         assert [j for j in mem[t].tolist() if j >= 0] == expected
 
 
