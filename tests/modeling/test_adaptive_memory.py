@@ -73,7 +73,7 @@ def test_bank_is_bounded_and_keeps_prompted_slices():
         MemoryBank(0)
 
 
-def _expected_topk(out, k: int) -> list[list[list[int]]]:
+def _expected_topk(out, k: int, pool: int | None = None) -> list[list[list[int]]]:
     """Eq. 2 recomputed from the network's own descriptors and heads (numpy, independent of the model)."""
     desc = out["descriptors"].numpy()
     conf = (1 / (1 + np.exp(-out["object_score_logits"].numpy()))) * np.clip(
@@ -84,13 +84,13 @@ def _expected_topk(out, k: int) -> list[list[list[int]]]:
     for bi in range(b):
         rows = []
         for t in range(n):
-            cand = list(range(t))
-            cos = [
+            cand = list(range(0 if pool is None else max(0, t - pool), t))  # the bank keeps the last `pool`
+            score = [
                 float(desc[bi, j] @ desc[bi, t] / np.linalg.norm(desc[bi, j]) / np.linalg.norm(desc[bi, t]))
+                * conf[bi, j]
                 for j in cand
             ]
-            score = [cos[j] * conf[bi, j] for j in cand]
-            rows.append(sorted(np.argsort(score)[::-1][:k].tolist()))
+            rows.append(sorted(cand[i] for i in np.argsort(score)[::-1][:k]))
         result.append(rows)
     return result
 
@@ -138,3 +138,40 @@ def test_prompted_slice_always_in_memory(make_tiny):
         assert 1 in mem[t].tolist(), (t, mem[t])
     # the prompt changes what SAM2 predicts on the prompted slice
     assert not torch.equal(prompted["iou_predictions"][:, 1], plain["iou_predictions"][:, 1])
+
+
+def test_bank_evicts_in_the_network_when_the_sequence_is_longer_than_the_pool(make_tiny):
+    """N = 24 > memory_pool_size = 16: slice t chooses Eq. 2's top K among slices t-16..t-1 only,
+    except the prompted slice 0, which is never evicted; the bank never holds more than 16 + 1."""
+    n = 24
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(1, 3, 1, 128, 128, generator=g)
+    seq = torch.cat(
+        [base + s * torch.randn(1, 3, 1, 128, 128, generator=g) for s in torch.rand(n, generator=g) * 3], 2
+    )
+    net = make_tiny(memory_k=3).eval()
+    assert net.memory_pool_size == 16
+    sizes = []
+    original_add = MemoryBank.add
+
+    def spy(bank, entry):
+        original_add(bank, entry)
+        sizes.append(len(bank))
+
+    MemoryBank.add = spy
+    try:
+        with torch.no_grad():
+            plain = net(seq, return_aux=True)
+            boxes = torch.full((1, n, 4), float("nan"))
+            boxes[0, 0] = torch.tensor([20.0, 20.0, 100.0, 100.0])
+            prompted = net(seq, prompts={"boxes": boxes}, return_aux=True)
+    finally:
+        MemoryBank.add = original_add
+    assert max(sizes) == 17 and sizes.count(17) > 0  # 16 un-prompted + the prompted slice 0
+    got = [[[j for j in row if j >= 0] for row in el] for el in plain["memory_indices"].tolist()]
+    assert got == _expected_topk(plain, k=3, pool=16)
+    assert any(min(row) < t - 6 for t, row in enumerate(got[0]) if row)  # Eq. 2 reaches past SAM2's 6
+    mem = prompted["memory_indices"][0]
+    for t in range(17, n):
+        kept = [j for j in mem[t].tolist() if j >= 0]
+        assert kept[0] == 0 and all(j >= t - 16 for j in kept[1:]), (t, kept)
