@@ -121,6 +121,15 @@ class PathSeqSAM(SAM2Base):
     def distance_mode(self) -> str:
         return self.distance_kernel.mode
 
+    def __prepare_scriptable__(self) -> PathSeqSAM:
+        # torch.jit.script calls this first; SAM2's Python control flow (and ours) cannot be
+        # scripted, and torch's own failure deep inside its frontend names nothing useful
+        raise RuntimeError(
+            "PathSeqSAM cannot be scripted with torch.jit.script (SAM2's Python control flow): trace it "
+            "for one sequence length and image size instead, e.g. ckpt_export with --use_trace true "
+            "--input_shape [1,3,N,H,W] (see 'Export' in bundle/docs/README.md)"
+        )
+
     # ------------------------------------------------------------------ public API
     def forward(
         self,

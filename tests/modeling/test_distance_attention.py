@@ -318,7 +318,7 @@ def test_nearer_slice_gets_more_attention_where_logits_are_positive(make_tiny):
         expected = torch.where(slice1, math.exp(-lam * d1**2), math.exp(-lam * 1.0**2))
         torch.testing.assert_close(run["scale"][0], expected)
     with torch.no_grad():
-        logits_near, fused_check = _explicit_call(attn, near, near["scale"])
+        _, fused_check = _explicit_call(attn, near, near["scale"])
         torch.testing.assert_close(fused_check, near["out"], atol=1e-5, rtol=1e-4)
         raw, _ = _explicit_call(attn, near, None)
         mass = {
