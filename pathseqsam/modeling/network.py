@@ -441,8 +441,7 @@ class PathSeqSAM(SAM2Base):
                 weighting["scale"] = self.distance_kernel.phi(dist)
             else:
                 weighting["bias"] = self.distance_kernel.bias(dist)
-        padded = [v for v in (valid, pvalid) if v is not None and not bool(v.all())]
-        if padded:
+        if any(v is not None and not bool(v.all()) for v in (valid, pvalid)):
             # last mode with batch elements keeping different numbers of slices: padding is masked out
             keep = torch.cat([valid] + ([pvalid] if pvalid is not None else []), dim=1)
             mask = torch.zeros(keep.shape, device=memory.device).masked_fill(~keep, float("-inf"))
