@@ -39,10 +39,18 @@ def dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> tuple[Path, ConfigWorkflow]:
+def trained(dataset, visible, tmp_path_factory) -> tuple[Path, ConfigWorkflow]:
+    """One epoch of the bundle's training, started from the visible model's SAM2 checkpoint with a
+    learning rate small enough to keep it predicting something: a 1-epoch model from random init
+    (or at the default rate, whose first steps push every logit below 0) predicts nothing, and its
+    validation Dice would be 0 == 0."""
     root = tmp_path_factory.mktemp("bundle_root")
-    workflow = _train(root, dataset, epochs=1)
+    workflow = _train(root, dataset, epochs=1, **_from_visible(visible))
     return root, workflow
+
+
+def _from_visible(visible: Path) -> dict:
+    return {"sam2_checkpoint": str(visible / "sam2.pt"), "learning_rate": 1e-6}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,10 @@ def visible(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("visible")
     (root / "models").mkdir()
     torch.save(net.state_dict(), root / "models" / "model.pt")
+    # the same weights as a SAM2 checkpoint (SAM2's key names, LoRA merged), to train from
+    from pathseqsam import export_sam2_checkpoint
+
+    export_sam2_checkpoint(net, root / "sam2.pt")
     return root
 
 
@@ -138,6 +150,7 @@ def test_train_writes_checkpoints_curves_overlays(trained, dataset):
         masks, labels = _direct_masks(root / "models" / "checkpoint_epoch=1.pt", dataset, case)
         dices += [_dice(m, lab) for m, lab in zip(masks, labels)]
     assert float(rows[0]["val_mean_dice"]) == pytest.approx(float(np.nanmean(dices)), abs=1e-4)
+    assert 0.0 < float(np.nanmean(dices)) < 1.0  # the model predicts something: not 0 == 0
     assert Image.open(root / "eval" / "curves.png").size[0] > 100
     assert list((root / "eval" / "overlays").glob("*.png"))
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
@@ -232,13 +245,13 @@ def test_inference_without_labels_and_on_nifti_stacks(visible, dataset, tmp_path
     assert 0.01 < (volume > 0).mean() < 0.99  # masks neither empty nor full
 
 
-def test_resume_continues_from_latest_checkpoint(trained, dataset, tmp_path, capfd):
+def test_resume_continues_from_latest_checkpoint(trained, visible, dataset, tmp_path, capfd):
     root, first = trained
     resumed_root = tmp_path / "resume"
     (resumed_root / "models").mkdir(parents=True)
     latest = root / "models" / "checkpoint_epoch=1.pt"
     (resumed_root / "models" / latest.name).write_bytes(latest.read_bytes())
-    workflow = _train(resumed_root, dataset, epochs=2, resume=True)
+    workflow = _train(resumed_root, dataset, epochs=2, resume=True, **_from_visible(visible))
     assert f"resuming from {resumed_root / 'models' / latest.name}" in capfd.readouterr().out
     trainer = workflow.parser.get_parsed_content("train#trainer")
     epoch_length = first.parser.get_parsed_content("train#trainer").state.epoch_length
