@@ -39,10 +39,71 @@ def dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> tuple[Path, ConfigWorkflow]:
+def trained(dataset, visible, tmp_path_factory) -> tuple[Path, ConfigWorkflow]:
+    """One epoch of the bundle's training, started from the visible model's SAM2 checkpoint with a
+    learning rate small enough to keep it predicting something: a 1-epoch model from random init
+    (or at the default rate, whose first steps push every logit below 0) predicts nothing, and its
+    validation Dice would be 0 == 0."""
     root = tmp_path_factory.mktemp("bundle_root")
-    workflow = _train(root, dataset, epochs=1)
+    workflow = _train(root, dataset, epochs=1, **_from_visible(visible))
     return root, workflow
+
+
+def _from_visible(visible: Path) -> dict:
+    return {"sam2_checkpoint": str(visible / "sam2.pt"), "learning_rate": 1e-6}
+
+
+@pytest.fixture(scope="module")
+def visible(tmp_path_factory) -> Path:
+    """A bundle root whose ``models/model.pt`` predicts something: a random tiny model with the
+    object-score bias forced to +5, so SAM2 never gates the masks to -1024 and the mask logits
+    hover around 0 (masks neither empty nor full). A 1-epoch model predicts nothing, which would
+    make mask comparisons empty == empty."""
+    from pathseqsam import build_pathseqsam
+
+    torch.manual_seed(0)
+    net = build_pathseqsam(
+        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
+    ).eval()
+    with torch.no_grad():
+        net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
+    root = tmp_path_factory.mktemp("visible")
+    (root / "models").mkdir()
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    # the same weights as a SAM2 checkpoint (SAM2's key names, LoRA merged), to train from
+    from pathseqsam import export_sam2_checkpoint
+
+    export_sam2_checkpoint(net, root / "sam2.pt")
+    return root
+
+
+def _direct_masks(state: Path, dataset: Path, case: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """The bundle's prediction recomputed without the bundle: network call, then the reference
+    post-processing. Returns (masks ``[N, H, W]`` bool, labels ``[N, H, W]`` bool or None)."""
+    from pathseqsam import build_pathseqsam
+    from pathseqsam.data.transforms import LoadSequenced, NormalizeSAM2d
+
+    keys = [k for k in ("image", "label") if k in case]
+    item = {k: ([str(dataset / p) for p in v] if k in keys else v) for k, v in case.items()}
+    data = NormalizeSAM2d("image")(LoadSequenced(keys)(item))
+    net = build_pathseqsam(
+        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
+    ).eval()
+    weights = torch.load(state, weights_only=True)
+    net.load_state_dict(
+        weights["model"] if "model" in weights else weights
+    )  # training checkpoint or model.pt
+    with torch.no_grad():
+        probs = torch.sigmoid(net(data["image"][None], positions=data["positions"][None]))[0, 0]
+    labels = np.asarray(data["label"][0]) > 0 if "label" in data else None
+    return postprocess_reference(probs.numpy(), SIZE), labels
+
+
+def _dice(pred: np.ndarray, label: np.ndarray) -> float:
+    """Per-slice Dice; NaN where the label is empty (MONAI's ``ignore_empty=True``)."""
+    if not label.any():
+        return float("nan")
+    return 2.0 * float((pred & label).sum()) / float(pred.sum() + label.sum())
 
 
 def _overrides(root: Path, dataset: Path) -> dict:
@@ -86,20 +147,38 @@ def test_train_writes_checkpoints_curves_overlays(trained, dataset):
     assert not list((root / "models").glob("*.tmp*"))
     rows = list(csv.DictReader(open(root / "eval" / "curves.csv")))
     assert [r["epoch"] for r in rows] == ["1"] and float(rows[0]["train_loss"]) > 0
-    assert 0.0 <= float(rows[0]["val_mean_dice"]) <= 1.0
+    # the epoch's validation Dice, recomputed from the epoch's weights without the bundle
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    dices = []
+    for case in datalist["validation"]:
+        masks, labels = _direct_masks(root / "models" / "checkpoint_epoch=1.pt", dataset, case)
+        dices += [_dice(m, lab) for m, lab in zip(masks, labels)]
+    assert float(rows[0]["val_mean_dice"]) == pytest.approx(float(np.nanmean(dices)), abs=1e-4)
+    assert 0.0 < float(np.nanmean(dices)) < 1.0  # the model predicts something: not 0 == 0
     assert Image.open(root / "eval" / "curves.png").size[0] > 100
     assert list((root / "eval" / "overlays").glob("*.png"))
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(float(rows[0]["val_mean_dice"]))
 
 
-def test_evaluate_saves_per_patch_metrics(trained, dataset):
-    root, _ = trained
+def test_evaluate_saves_per_patch_metrics(visible, dataset):
+    root = visible
     configs = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
     workflow = _run("train", configs, **_overrides(root, dataset))
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     details = evaluator.state.metric_details["val_mean_dice"].flatten().tolist()
     datalist = json.loads((dataset / "datalist.json").read_text())
+    # independent: the same checkpoint called directly, the reference post-processing, numpy Dice
+    expected, predicted = [], []
+    for case in datalist["validation"]:
+        masks, labels = _direct_masks(root / "models" / "model.pt", dataset, case)
+        expected += [_dice(m, lab) for m, lab in zip(masks, labels)]
+        predicted.append(masks)
+    assert 0.01 < np.concatenate(predicted).mean() < 0.99  # the model predicts something
+    np.testing.assert_allclose(details, expected, atol=1e-4)
+    assert (
+        0.0 < min(expected) and max(expected) < 1.0 and len(set(np.round(expected, 4))) > 1
+    )  # not all 0 or 1
     n_slices = sum(len(item["image"]) for item in datalist["validation"])
     with open(root / "eval" / "val_mean_dice_raw.csv") as f:
         rows = list(csv.reader(f))
@@ -129,8 +208,8 @@ def _infer(root: Path, dataset: Path, **extra) -> Path:
     return root / "eval" / "inference"
 
 
-def test_inference_writes_masks_that_match_the_network(trained, dataset, tmp_path):
-    root, _ = trained
+def test_inference_writes_masks_that_match_the_network(visible, dataset, tmp_path):
+    root = visible
     out = _infer(root, dataset)
     summary = json.loads((out / "summary.json").read_text())
     datalist = json.loads((dataset / "datalist.json").read_text())
@@ -142,18 +221,8 @@ def test_inference_writes_masks_that_match_the_network(trained, dataset, tmp_pat
     assert Image.open(out / entry["slices"][0]["overlay"]).size == (SIZE, SIZE)
 
     # independent check: the same network and checkpoint, called directly
-    from pathseqsam import build_pathseqsam
-    from pathseqsam.data.transforms import LoadSequenced, NormalizeSAM2d
-
-    item = {k: ([str(dataset / p) for p in v] if k in ("image", "label") else v) for k, v in case.items()}
-    data = NormalizeSAM2d("image")(LoadSequenced(["image", "label"])(item))
-    net = build_pathseqsam(
-        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
-    ).eval()
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
-    with torch.no_grad():
-        probs = torch.sigmoid(net(data["image"][None], positions=data["positions"][None]))[0, 0]
-    masks = postprocess_reference(probs.numpy(), SIZE)
+    masks, _ = _direct_masks(root / "models" / "model.pt", dataset, case)
+    assert 0.01 < masks.mean() < 0.99  # not empty == empty
     for t, sl in enumerate(entry["slices"]):
         written = np.asarray(Image.open(out / sl["mask"])) > 0
         expected = masks[t]
@@ -161,8 +230,8 @@ def test_inference_writes_masks_that_match_the_network(trained, dataset, tmp_pat
         assert sl["foreground_fraction"] == pytest.approx(expected.mean(), abs=1e-3)
 
 
-def test_inference_without_labels_and_on_nifti_stacks(trained, dataset, tmp_path):
-    root, _ = trained
+def test_inference_without_labels_and_on_nifti_stacks(visible, dataset, tmp_path):
+    root = visible
     datalist = json.loads((dataset / "datalist_nifti.json").read_text())
     unlabelled = {"test": [{k: v for k, v in item.items() if k != "label"} for item in datalist["test"]]}
     path = dataset / "datalist_nifti_unlabelled.json"
@@ -177,15 +246,16 @@ def test_inference_without_labels_and_on_nifti_stacks(trained, dataset, tmp_path
     # the stack holds the same masks as the per-slice PNGs (NIfTI is x, y, z)
     first = np.asarray(Image.open(out / summary["cases"][case]["slices"][0]["mask"]))
     np.testing.assert_array_equal(volume[:, :, 0].T, first)
+    assert 0.01 < (volume > 0).mean() < 0.99  # masks neither empty nor full
 
 
-def test_resume_continues_from_latest_checkpoint(trained, dataset, tmp_path, capfd):
+def test_resume_continues_from_latest_checkpoint(trained, visible, dataset, tmp_path, capfd):
     root, first = trained
     resumed_root = tmp_path / "resume"
     (resumed_root / "models").mkdir(parents=True)
     latest = root / "models" / "checkpoint_epoch=1.pt"
     (resumed_root / "models" / latest.name).write_bytes(latest.read_bytes())
-    workflow = _train(resumed_root, dataset, epochs=2, resume=True)
+    workflow = _train(resumed_root, dataset, epochs=2, resume=True, **_from_visible(visible))
     assert f"resuming from {resumed_root / 'models' / latest.name}" in capfd.readouterr().out
     trainer = workflow.parser.get_parsed_content("train#trainer")
     epoch_length = first.parser.get_parsed_content("train#trainer").state.epoch_length
@@ -196,22 +266,17 @@ def test_resume_continues_from_latest_checkpoint(trained, dataset, tmp_path, cap
     assert Path(latest_checkpoint(resumed_root / "models")).name == "checkpoint_epoch=2.pt"
 
 
-def test_inference_ensemble_averages_the_mirrored_passes(dataset, tmp_path):
+def test_inference_ensemble_averages_the_mirrored_passes(visible, dataset, tmp_path):
     """``--ensemble true``: the masks are those of the sigmoid averaged over the 4 in-plane mirrors,
     recomputed here with direct network calls; they differ from the single pass's masks."""
     from pathseqsam import build_pathseqsam
     from pathseqsam.data.transforms import LoadSequenced, NormalizeSAM2d
 
-    torch.manual_seed(0)  # a random tiny model whose object score is forced positive: its mask
-    # logits hover around 0, so the mirrored passes visibly change the thresholded masks
+    # the visible model's mask logits hover around 0, so the mirrored passes change the masks
     net = build_pathseqsam(
         model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
     ).eval()
-    with torch.no_grad():
-        net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
-    visible = tmp_path / "visible"
-    (visible / "models").mkdir(parents=True)
-    torch.save(net.state_dict(), visible / "models" / "model.pt")
+    net.load_state_dict(torch.load(visible / "models" / "model.pt", weights_only=True))
 
     datalist = json.loads((dataset / "datalist.json").read_text())
     case = datalist["test"][0]

@@ -55,13 +55,14 @@ __all__ = ["DEFAULT_EVAL_CASES", "DEFAULT_TOTAL_MINUTES", "OFFICIAL_OVERRIDES", 
 DEFAULT_TOTAL_MINUTES = 36.0
 DEFAULT_EVAL_CASES = 10
 CONTEXT_FILE = "comparison.json"  # how the comparison was run, for the report (and --report-only)
-# the paper's model on KPIs patches (see bundle/docs/README.md): SAM2.1 b+ at 1024 px, 8-slice windows,
-# distances in units of one patch (2048 px x 0.25 um); 0.5 um/px, so a 40x patch is one 1024 px slice
+# the paper's model on KPIs patches (see bundle/docs/README.md): SAM2.1 b+ at 1024 px, distances in
+# units of one patch (2048 px x 0.25 um); 0.5 um/px, so a 40x patch is one 1024 px slice; 8-slice
+# windows are train.json's default (not set here, so that an overlay with its own window, memory_k7,
+# keeps it)
 OFFICIAL_OVERRIDES = {
     "model_name": "sam2.1_hiera_b+",
     "image_size": 1024,
     "model_mpp_um": 0.5,
-    "window": 8,
     "distance_unit_um": 512.0,
 }
 

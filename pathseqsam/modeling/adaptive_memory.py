@@ -23,7 +23,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MemoryBank", "MemoryEntry", "adaptive_memory_scores", "gather_entries", "select_memory"]
+__all__ = [
+    "MemoryBank",
+    "MemoryEntry",
+    "adaptive_memory_scores",
+    "gather_entries",
+    "select_memory",
+    "select_recent",
+]
 
 
 @dataclass
@@ -121,6 +128,35 @@ def select_memory(scores: Tensor, is_cond: Tensor, k: int) -> Tensor:
     num = min(scores.shape[1], k + int(is_cond.sum(1).max()))
     ranked = torch.where(is_cond, torch.full_like(scores, float("inf")), scores.float())
     return ranked.topk(num, dim=1).indices.sort(dim=1).values
+
+
+def select_recent(indices: Tensor, is_cond: Tensor, t: int, window: int) -> tuple[Tensor, Tensor]:
+    """SAM2's own memory frames for slice ``t``: every prompted candidate plus the others at most
+    ``window`` slices before ``t`` (``SAM2Base._prepare_memory_conditioned_features``: conditioning
+    frames, then frames ``t - window .. t - 1`` that are not conditioning frames).
+
+    A prompted slice is kept however far back it is and takes no place of the window (SAM2 skips
+    it there). Batch elements may keep different numbers of slices; the result is rectangular
+    with a validity mask, which the caller turns into an attention mask.
+
+    Args:
+        indices: ``[P]`` slice indices of the candidates (all before ``t``).
+        is_cond: ``[B, P]`` bool, candidate was prompted (a conditioning frame) for that element.
+        t: index of the current slice.
+        window: how many slices back un-prompted candidates are kept (SAM2: ``num_maskmem - 1``
+            for spatial memories, ``max_obj_ptrs_in_encoder - 1`` for object pointers).
+
+    Returns:
+        ``[B, M]`` long positions into the candidate axis in ascending order, and ``[B, M]`` bool,
+        False where an element keeps fewer than ``M`` slices (padding).
+    """
+    if window < 1:
+        raise ValueError(f"memory window must be >= 1, got {window}")
+    keep = is_cond | ((t - indices) <= window)[None, :]  # [B, P]
+    num = max(int(keep.sum(1).max()), 1)
+    ranked = torch.where(keep, indices.float()[None, :].expand_as(keep), float("-inf"))
+    sel = ranked.topk(num, dim=1).indices.sort(dim=1).values
+    return sel, gather_entries(keep, sel)
 
 
 def gather_entries(stacked: Tensor, sel: Tensor) -> Tensor:

@@ -12,6 +12,16 @@ prompt encoder, mask decoder, memory encoder and memory attention as they are. W
 * the memory cross-attention keys are weighted by ``phi(d)`` of the physical distance (Eq. 1, see
   ``distance_attention``).
 
+``memory_selection="last"`` with ``distance_mode="none"`` is SAM2 itself (the baseline of every
+ablation; ``tests/modeling/test_sam2_equivalence.py`` checks it against ``SAM2Base.track_step`` to
+1e-5): the first slice is SAM2's initial conditioning frame whether prompted or not, memory holds
+the prompted slices plus the slices at most ``num_maskmem - 1`` back, object pointers those plus
+the slices at most ``max_obj_ptrs_in_encoder - 1`` back, each with SAM2's temporal encodings.
+Two things stay PathSeqSAM's own: a slice prompted after the first is segmented with memory (as
+SAM2 treats clicks on a frame it has tracked, not as its predictor treats clicks given before
+propagation), and in training the returned logits are the decoder's ungated masks (see
+``_segment_slice``; the memory sees SAM2's gated ones, evaluation is unchanged).
+
 Build it with :func:`pathseqsam.build_pathseqsam`, which composes SAM2's own Hydra configs.
 """
 
@@ -33,6 +43,7 @@ from pathseqsam.modeling.adaptive_memory import (
     adaptive_memory_scores,
     gather_entries,
     select_memory,
+    select_recent,
 )
 from pathseqsam.modeling.distance_attention import (
     DistanceAwareRoPEAttention,
@@ -109,6 +120,15 @@ class PathSeqSAM(SAM2Base):
     @property
     def distance_mode(self) -> str:
         return self.distance_kernel.mode
+
+    def __prepare_scriptable__(self) -> PathSeqSAM:
+        # torch.jit.script calls this first; SAM2's Python control flow (and ours) cannot be
+        # scripted, and torch's own failure deep inside its frontend names nothing useful
+        raise RuntimeError(
+            "PathSeqSAM cannot be scripted with torch.jit.script (SAM2's Python control flow): trace it "
+            "for one sequence length and image size instead, e.g. ckpt_export with --use_trace true "
+            "--input_shape [1,3,N,H,W] (see 'Export' in bundle/docs/README.md)"
+        )
 
     # ------------------------------------------------------------------ public API
     def forward(
@@ -247,7 +267,9 @@ class PathSeqSAM(SAM2Base):
         high_res = [
             x.permute(1, 2, 0).reshape(bsz, x.shape[-1], *s) for x, s in zip(feats[:-1], feat_sizes[:-1])
         ]
-        n_pts = 0 if point_inputs is None else int((point_inputs["point_labels"] >= 0).sum(1).max())
+        # SAM2's rule (_use_multimask) counts the points handed to the decoder (padding columns
+        # that no batch element uses are dropped in _as_prompts; a box counts as two points)
+        n_pts = 0 if point_inputs is None else point_inputs["point_labels"].shape[1]
         multimask = self.multimask_output
         if multimask is None:
             multimask = (
@@ -298,6 +320,10 @@ class PathSeqSAM(SAM2Base):
                 if point_inputs is None
                 else (point_inputs["point_labels"] >= 0).any(dim=1)
             )
+            if t == 0 and self.memory_selection == "last":
+                # SAM2 tracks from an initial conditioning frame, prompted or not: the first slice
+                # stays in memory with the conditioning slot (t_pos 0) and its pointer stays too
+                is_cond = torch.ones_like(is_cond)
             bank.add(
                 MemoryEntry(
                     index=t,
@@ -362,13 +388,14 @@ class PathSeqSAM(SAM2Base):
         slice_idx = bank.indices  # [P]
         is_cond = bank.stack("is_cond")  # [B, P]
         key_desc = bank.stack("descriptor")
-        recency = slice_idx.float().expand(bsz, -1)
+        valid = pvalid = None  # [B, M] False marks padding (last mode, batch elements keeping fewer)
         if self.memory_selection == "topk":
             sel = select_memory(
                 adaptive_memory_scores(desc, key_desc, bank.stack("confidence")), is_cond, self.memory_k
             )
         else:
-            sel = select_memory(recency, is_cond, self.num_maskmem - 1)
+            # SAM2 exactly: the prompted slices plus the slices at most num_maskmem - 1 back
+            sel, valid = select_recent(slice_idx, is_cond, t, self.num_maskmem - 1)
         sel_slices = slice_idx[sel]  # [B, M]
         sel_cond = gather_entries(is_cond, sel)
 
@@ -384,11 +411,10 @@ class PathSeqSAM(SAM2Base):
         num_ptr_tokens = 0
         if self.use_obj_ptrs_in_encoder:
             max_ptrs = min(n, self.max_obj_ptrs_in_encoder)
-            psel = (
-                sel
-                if self.memory_selection == "topk"
-                else select_memory(recency, is_cond, max(max_ptrs - 1, 1))
-            )
+            if self.memory_selection == "topk":
+                psel = sel
+            else:  # SAM2: pointers of the prompted slices and of the last max_ptrs - 1 slices
+                psel, pvalid = select_recent(slice_idx, is_cond, t, max(max_ptrs - 1, 1))
             ptrs = gather_entries(bank.stack("obj_ptr"), psel)  # [B, Mp, C]
             if self.add_tpos_enc_to_obj_ptrs:
                 ptr_gap = (t - slice_idx[psel]).float() / max(max_ptrs - 1, 1)
@@ -405,17 +431,31 @@ class PathSeqSAM(SAM2Base):
 
         memory = torch.cat(tokens, dim=1).transpose(0, 1)  # [Nk, B, Cm]
         memory_pos = torch.cat(tokens_pos, dim=1).transpose(0, 1)
+        repeats = torch.tensor(per_slice, device=memory.device)
+        weighting: dict[str, Tensor] = {}
+        if self.distance_mode != "none":
+            cand = torch.cat(weighted_slices, dim=1)  # [B, M + Mp] bank positions
+            dist = self._distances(cand, bank, desc, key_desc, positions[:, t], adj_mean)
+            dist = dist.repeat_interleave(repeats, dim=1)  # per key token
+            if self.distance_mode == "multiplicative":
+                weighting["scale"] = self.distance_kernel.phi(dist)
+            else:
+                weighting["bias"] = self.distance_kernel.bias(dist)
+        if any(v is not None and not bool(v.all()) for v in (valid, pvalid)):
+            # last mode with batch elements keeping different numbers of slices: padding is masked out
+            keep = torch.cat([valid] + ([pvalid] if pvalid is not None else []), dim=1)
+            mask = torch.zeros(keep.shape, device=memory.device).masked_fill(~keep, float("-inf"))
+            mask = mask.repeat_interleave(repeats, dim=1)
+            weighting["bias"] = mask if "bias" not in weighting else weighting["bias"] + mask
+            sel_slices = sel_slices.masked_fill(~valid, -1)
         with ExitStack() as stack:
-            if self.distance_mode != "none":
-                cand = torch.cat(weighted_slices, dim=1)  # [B, M + Mp] bank positions
-                dist = self._distances(cand, bank, desc, key_desc, positions[:, t], adj_mean)
-                repeats = torch.tensor(per_slice, device=dist.device)
-                dist = dist.repeat_interleave(repeats, dim=1)  # per key token
-                if self.distance_mode == "multiplicative":
-                    weighting = {"scale": self.distance_kernel.phi(dist)}
-                else:
-                    weighting = {"bias": self.distance_kernel.bias(dist)}
-                for layer in self.memory_attention.layers:
+            if weighting:
+                for i, layer in enumerate(self.memory_attention.layers):
+                    if not isinstance(layer.cross_attn_image, DistanceAwareRoPEAttention):
+                        raise ValueError(
+                            f"memory cross-attention of layer {i} cannot weight or mask keys: build the "
+                            "model with pathseqsam.build_pathseqsam (DistanceAwareRoPEAttention)"
+                        )
                     stack.enter_context(layer.cross_attn_image.key_weighting(**weighting))
             pix = self.memory_attention(
                 curr=feats[-1:],
@@ -523,9 +563,11 @@ class PathSeqSAM(SAM2Base):
         out: list[dict[str, Tensor] | None] = []
         for t in range(n):
             lab = labels_all[:, t]
+            used = (lab >= 0).any(dim=0)  # [P] columns some batch element prompts with
+            # padding that no element uses never reaches the decoder: SAM2 sees exactly the prompts
             out.append(
                 None
-                if not bool((lab >= 0).any())
-                else {"point_coords": coords_all[:, t], "point_labels": lab}
+                if not bool(used.any())
+                else {"point_coords": coords_all[:, t][:, used], "point_labels": lab[:, used]}
             )
         return out

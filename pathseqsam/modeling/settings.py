@@ -22,9 +22,9 @@ class PathSeqSAMSettings:
     Attributes:
         memory_k: K of Eq. 2, the number of earlier slices kept in memory (paper: 5).
         memory_selection: ``"topk"`` (Eq. 2: the K earlier slices with the highest
-            ``cos(F_j, F_t) * Conf(y_j)``), ``"last"`` (SAM2's stock memory: the last
-            ``num_maskmem - 1`` frames and the last ``max_obj_ptrs_in_encoder - 1`` object pointers;
-            the baseline of the ablations) or ``"none"`` (every slice segmented on its own as a first
+            ``cos(F_j, F_t) * Conf(y_j)``), ``"last"`` (SAM2's stock memory exactly: the first slice as
+            the initial conditioning frame, prompted slices, the last ``num_maskmem - 1`` frames and
+            the last ``max_obj_ptrs_in_encoder - 1`` object pointers; the baseline of the ablations) or ``"none"`` (every slice segmented on its own as a first
             frame: SAM2 per slice; memory-only parameters are then frozen and ``memory_k`` and the
             distance settings unused).
         memory_pool_size: candidate slices kept in the memory bank; bounds memory for long sequences

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 
 import numpy as np
 import pytest
@@ -79,10 +78,37 @@ def test_budget_none_is_inert_and_bad_values_are_refused():
             WallTimeBudget(bad)
 
 
-def _item(case: str, n: int, degraded: list[int] | None, positions: list[float]) -> dict:
+SIDE = 16
+
+
+def _square(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((SIDE, SIDE), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+EMPTY = np.zeros((SIDE, SIDE), bool)
+# (prediction, label, tp, fp, fn) per slice, objects placed so that the matches are known by construction
+CASE_A = [
+    (_square(2, 6, 2, 6), _square(2, 6, 2, 6), 1, 0, 0),
+    (_square(2, 6, 2, 6) | _square(10, 14, 2, 6), _square(2, 6, 2, 6) | _square(10, 14, 10, 14), 1, 1, 1),
+]
+CASE_B = [
+    (EMPTY, EMPTY, 0, 0, 0),
+    (_square(4, 8, 4, 8), EMPTY, 0, 1, 0),
+    (_square(4, 10, 4, 8), _square(4, 10, 4, 10), 1, 0, 0),  # IoU 24 / 36 >= 0.5
+]
+
+
+def _item(case: str, slices: list, degraded: list[int] | None, positions: list[float]) -> dict:
+    """A validation item as LoadSequenced gives it; image channel 0 carries the mask to predict."""
+    n = len(slices)
+    image = torch.zeros(3, n, SIDE, SIDE)
+    image[0] = torch.from_numpy(np.stack([pred for pred, *_ in slices])).float()
     item = {
         "case": case,
-        "image": torch.zeros(3, n, 4, 4),
+        "image": image,
+        "label": torch.from_numpy(np.stack([lab for _, lab, *_ in slices]))[None].float(),
         "slice_names": [f"{case}_{i}.jpg" for i in range(n)],
         "slice_index": torch.arange(n) + 2,
         "positions": torch.tensor(positions).reshape(n, 1),
@@ -92,49 +118,90 @@ def _item(case: str, n: int, degraded: list[int] | None, positions: list[float])
     return item
 
 
-def _evaluate(saver: PerPatchSaver, batches: list, dice: list, counts: list) -> None:
-    """Drive the saver as an evaluator would: batches, then the metrics' per-patch details."""
-    engine = Engine(lambda e, b: None)
-    saver._reset(engine)
-    for batch in batches:
-        engine.state.batch = batch
-        saver._collect(engine)
-    engine.state.metric_details = {
-        "val_mean_dice": torch.tensor(dice).reshape(-1, 1),
-        "val_object_f1": torch.tensor(counts, dtype=torch.float32),
-    }
-    saver._write(engine)
+class _CopyChannel0(torch.nn.Module):
+    """A 'network' predicting image channel 0: logits +10 there, -10 elsewhere."""
+
+    def forward(self, images: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return images[:, :1] * 20.0 - 10.0
 
 
-def test_per_patch_saver_rows_follow_the_metric_order(tmp_path):
-    batches = [
-        [_item("A", 2, [0, 1], [0.0, 5.0])],
-        [_item("B", 3, None, [float("nan")] * 3)],
+def _evaluator(items: list[dict], saver: PerPatchSaver, per_slice: bool = True, details: bool = True):
+    """The bundle's validation engine in small: MONAI's SupervisedEvaluator with the bundle's prepare
+    batch, post-processing and metrics, and the saver attached to it as the bundle attaches handlers."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import IgniteMetricHandler, from_engine
+    from monai.metrics import DiceMetric
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    from pathseqsam.engine import SequencePrepareBatch
+    from pathseqsam.metrics import ObjectF1Metric, per_slice_output
+
+    transform = per_slice_output(["pred", "label"]) if per_slice else from_engine(["pred", "label"])
+    return SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(Dataset(items), batch_size=1, shuffle=False, num_workers=0),
+        network=_CopyChannel0(),
+        prepare_batch=SequencePrepareBatch(),
+        postprocessing=Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)]),
+        key_val_metric={
+            "val_mean_dice": IgniteMetricHandler(
+                DiceMetric(include_background=True, reduction="mean", ignore_empty=True),
+                output_transform=transform,
+                save_details=details,
+            )
+        },
+        additional_metrics={
+            "val_object_f1": IgniteMetricHandler(
+                ObjectF1Metric(iou_threshold=0.5), output_transform=per_slice_output(["pred", "label"])
+            )
+        },
+        val_handlers=[saver],
+    )
+
+
+def _dice(pred: np.ndarray, label: np.ndarray) -> float:
+    return float("nan") if not label.any() else 2.0 * (pred & label).sum() / (pred.sum() + label.sum())
+
+
+def test_per_patch_saver_on_an_evaluator_run(tmp_path):
+    """Attached to a real evaluator run (two sequences of 2 and 3 slices): one row per patch in the
+    metrics' order, with the item's own fields and the Dice and object matches computed here."""
+    items = [
+        _item("A", CASE_A, [0, 1], [0.0, 5.0]),
+        _item("B", CASE_B, None, [float("nan")] * 3),
     ]
-    dice = [0.5, 0.25, float("nan"), 1.0, 0.75]
-    counts = [[1, 0, 0], [0, 1, 1], [0, 2, 0], [1, 0, 0], [2, 1, 0]]
     saver = PerPatchSaver(tmp_path, filename="pp.csv")
-    _evaluate(saver, batches, dice, counts)
+    evaluator = _evaluator(items, saver)
+    evaluator.run()
     with open(tmp_path / "pp.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["patch"] for r in rows] == ["A/A_0.jpg", "A/A_1.jpg", "B/B_0.jpg", "B/B_1.jpg", "B/B_2.jpg"]
+    assert [r["case"] for r in rows] == ["A", "A", "B", "B", "B"]
     assert [r["degraded"] for r in rows] == ["0", "1", "", "", ""]
     assert [r["slice_index"] for r in rows] == ["2", "3", "2", "3", "4"]
     assert [r["position_um"] for r in rows] == ["0", "5", "", "", ""]
-    got = [float(r["dice"]) for r in rows]
-    assert math.isnan(got[2]) and np.allclose([got[i] for i in (0, 1, 3, 4)], [0.5, 0.25, 1.0, 0.75])
-    assert [(r["tp"], r["fp"], r["fn"]) for r in rows][4] == ("2", "1", "0")
+    slices = CASE_A + CASE_B
+    expected = [_dice(pred, lab) for pred, lab, *_ in slices]
+    np.testing.assert_allclose([float(r["dice"]) for r in rows], expected)  # NaN where no glomerulus
+    assert expected[:2] == [1.0, 0.5] and expected[4] == pytest.approx(0.8)
+    assert [(int(r["tp"]), int(r["fp"]), int(r["fn"])) for r in rows] == [s[2:] for s in slices]
+    # the table agrees with the evaluator's own aggregate
+    assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(float(np.nanmean(expected)))
+
+    evaluator.run()  # a second evaluation rewrites the table, it does not append
+    with open(tmp_path / "pp.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 5
 
 
 def test_per_patch_saver_errors_are_explained(tmp_path):
-    saver = PerPatchSaver(tmp_path)
+    items = [_item("A", CASE_A, [0, 1], [0.0, 5.0])]
+    # a Dice scored per sequence instead of per slice
     with pytest.raises(RuntimeError, match="has 1 per-patch values for 2 patches"):
-        _evaluate(saver, [[_item("A", 2, [0, 1], [0.0, 5.0])]], [0.5], [[1, 0, 0]])
-    engine = Engine(lambda e, b: None)
-    engine.state.metric_details = {}
+        _evaluator(items, PerPatchSaver(tmp_path), per_slice=False).run()
     with pytest.raises(RuntimeError, match="no per-patch details of 'val_mean_dice'"):
-        saver._write(engine)
-    bad = _item("C", 2, [0, 1, 1], [0.0, 1.0])
-    engine.state.batch = [bad]
+        _evaluator(items, PerPatchSaver(tmp_path), details=False).run()
+    bad = _item("C", CASE_A, [0, 1, 1], [0.0, 1.0])
     with pytest.raises(ValueError, match="'degraded' has 3 entries for 2 slices"):
-        saver._collect(engine)
+        _evaluator([bad], PerPatchSaver(tmp_path)).run()
+    assert not (tmp_path / "per_patch.csv").exists()

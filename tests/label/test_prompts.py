@@ -90,6 +90,8 @@ def test_prompts_are_accepted_by_the_network(make_tiny):
     prompts, _ = request_prompts({"foreground": [[64, 64, 0]], "roi": [10, 10, 90, 90, 1, 2]}, 3, 128, 128)
     per_slice = net._as_prompts(prompts, 1, 3, 128, 128, torch.device("cpu"))
     assert per_slice[2] is None
-    assert per_slice[0]["point_labels"].tolist() == [[-1, -1, 1]]
-    assert per_slice[1]["point_labels"].tolist() == [[2, 3, -1]]
+    # padding (label -1) that no batch element uses never reaches SAM2's decoder
+    assert per_slice[0]["point_labels"].tolist() == [[1]]
+    assert per_slice[0]["point_coords"].tolist() == [[[64, 64]]]
+    assert per_slice[1]["point_labels"].tolist() == [[2, 3]]
     assert per_slice[1]["point_coords"][0, :2].tolist() == [[10, 10], [90, 90]]
