@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
-from scipy import ndimage
 
 from pathseqsam.data.slides import SlideError, open_slide
 from pathseqsam.engine.slide_inference import SlideSegmenter, list_slides
