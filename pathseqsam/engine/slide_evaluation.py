@@ -93,8 +93,8 @@ def score_mask_files(
 class SlideEvaluator:
     """Segment slides and score them against ground-truth masks.
 
-    Give either ``dataset_dir`` (a KPIs Task 2 root) or ``slides`` and ``masks`` (paths, folders or
-    glob patterns; masks are matched to slides by name, see :mod:`pathseqsam.data.kpis_slides`).
+    Give ``slides`` and ``masks`` (paths, folders or glob patterns; masks are matched to slides by
+    name, see :mod:`pathseqsam.data.kpis_slides`), or else ``dataset_dir`` (a KPIs Task 2 root).
 
     Args:
         network: the PathSeqSAM network.
@@ -127,10 +127,12 @@ class SlideEvaluator:
         bad = [m for m in modes if m not in MODES]
         if bad or not modes:
             raise ValueError(f"modes must be a non-empty list of {MODES}, got {list(modes)}")
-        if dataset_dir:
-            self.pairs = kpis_task2_pairs(dataset_dir)
-        elif slides and masks:
+        if bool(slides) != bool(masks):
+            raise ValueError("give both slides and masks (or neither, and a dataset_dir)")
+        if slides and masks:  # explicit files win over the (default) dataset_dir
             self.pairs = pair_slides_with_masks(list_slides(slides), list_slides(masks))
+        elif dataset_dir:
+            self.pairs = kpis_task2_pairs(dataset_dir)
         else:
             raise ValueError("give dataset_dir (a KPIs Task 2 root) or both slides and masks")
         self.output_dir = Path(output_dir)

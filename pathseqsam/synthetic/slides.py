@@ -22,14 +22,17 @@ import numpy as np
 from pathseqsam.atomic import atomic_write
 
 __all__ = [
+    "SYNTHETIC_SLIDES_META",
     "SYNTHETIC_SLIDE_CLASS",
     "SyntheticSlideScene",
+    "ensure_synthetic_task2",
     "make_slide_scene",
     "write_synthetic_slide",
     "write_synthetic_task2",
 ]
 
 SYNTHETIC_SLIDE_CLASS = "synthetic"
+SYNTHETIC_SLIDES_META = "synthetic_slides.json"
 _TILE = 256
 _BACKGROUND = np.array([243.0, 241.0, 244.0])
 _TISSUE = np.array([226.0, 150.0, 190.0])
@@ -289,3 +292,38 @@ def write_synthetic_task2(
         write_synthetic_slide(slide, scene, mask)
         out.append({"slide": str(slide), "mask": str(mask)})
     return out
+
+
+def ensure_synthetic_task2(
+    root: str | os.PathLike, n_slides: int = 2, size_px: int = 4096, mpp_um: float = 0.5, seed: int = 0
+) -> str:
+    """The bundle's demo slides: write them into ``root`` unless already there; returns ``root``.
+
+    ``root`` holds a ``synthetic_slides.json`` marker once written; a folder that exists without it
+    is someone's data and is left alone (an error).
+
+    Args:
+        root: dataset root (KPIs Task 2 layout below it).
+        n_slides: slides to write.
+        size_px: level-0 side (4096 px at 0.5 um/px: 2 x 2 mm, a 40x-like pyramid).
+        mpp_um: micrometres per pixel.
+        seed: random seed.
+
+    Returns:
+        ``root`` as a string.
+    """
+    from pathseqsam.atomic import atomic_write_json
+
+    root = Path(root)
+    marker = root / SYNTHETIC_SLIDES_META
+    if marker.is_file():
+        return str(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root}: not a synthetic slide set (no {SYNTHETIC_SLIDES_META}); refusing to write into it"
+        )
+    pairs = write_synthetic_task2(root, n_slides=n_slides, size_px=size_px, mpp_um=mpp_um, seed=seed)
+    atomic_write_json(
+        marker, {"n_slides": n_slides, "size_px": size_px, "mpp_um": mpp_um, "seed": seed, "pairs": pairs}
+    )
+    return str(root)

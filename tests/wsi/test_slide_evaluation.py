@@ -117,5 +117,7 @@ def test_evaluator_writes_csv_and_summary(tmp_path, task2_root, scene):
 def test_evaluator_needs_a_dataset():
     with pytest.raises(ValueError, match="give dataset_dir"):
         SlideEvaluator(ColourOracle(), "out")
+    with pytest.raises(ValueError, match="give both slides and masks"):
+        SlideEvaluator(ColourOracle(), "out", slides="a*.svs", dataset_dir="x")
     with pytest.raises(ValueError, match="modes must be a non-empty list"):
         SlideEvaluator(ColourOracle(), "out", dataset_dir="x", modes=["both"])
