@@ -220,13 +220,18 @@ class WSIReaderSlide(Slide):
         x0, y0, x1, y1 = clip
         ds = lev.downsample
         # MONAI's get_data takes the location in level-0 pixels (row, col) and the size at the level
-        patch, _ = self._reader.get_data(
-            self._wsi,
-            location=(round(y0 * ds), round(x0 * ds)),
-            size=(y1 - y0, x1 - x0),
-            level=level,
-            mode="RGBA",
-        )
+        try:
+            patch, _ = self._reader.get_data(
+                self._wsi,
+                location=(round(y0 * ds), round(x0 * ds)),
+                size=(y1 - y0, x1 - x0),
+                level=level,
+                mode="RGBA",
+            )
+        except Exception as exc:  # OpenSlideError on a corrupt tile (the handle is then unusable)
+            raise SlideError(
+                f"{self.path}: region ({x0}, {y0}) {x1 - x0}x{y1 - y0} of level {level} cannot be read ({exc})"
+            ) from exc
         rgba = np.moveaxis(np.asarray(patch), 0, -1)  # MONAI returns channel first
         rgb, alpha = rgba[..., :3].astype(np.float32), rgba[..., 3:].astype(np.float32) / 255.0
         # OpenSlide returns premultiplied alpha: transparent (no tile) parts become white background

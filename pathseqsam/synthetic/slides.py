@@ -181,8 +181,10 @@ def make_slide_scene(
         cx, cy = s[0] + u * c - v * sn, s[1] + u * sn + v * c
         if not bool(scene._in_section(np.array([cx]), np.array([cy]), s)[0]):
             continue
-        if any(math.hypot(cx - gx, cy - gy) < 1.3 * (r + gr) for gx, gy, gr in glomeruli):
-            continue
+        if glomeruli:
+            g = np.asarray(glomeruli)
+            if (np.hypot(g[:, 0] - cx, g[:, 1] - cy) < 1.3 * (r + g[:, 2])).any():
+                continue
         glomeruli.append((cx, cy, r))
     scene.glomeruli = np.array(glomeruli, dtype=np.float64).reshape(-1, 3)
     return scene

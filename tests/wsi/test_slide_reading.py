@@ -125,3 +125,27 @@ def test_overview_matches_scaled_reads(slide_files):
         assert overview.shape == (128, 128, 3)
         whole = slide.read_scaled(0, 0, 2048, 2048, 128, 128)
         assert np.abs(overview.astype(int) - whole).mean() < 2.0
+
+
+def test_corrupt_tile_is_named(tmp_path):
+    """A slide whose tile data is damaged fails on the read that reaches it, naming the file."""
+    image = _rgb(512, 512, seed=3)
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(
+        path,
+        image,
+        tile=(256, 256),
+        compression="jpeg",
+        photometric="rgb",
+        resolution=(1e4, 1e4),
+        resolutionunit="CENTIMETER",
+    )
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[3], tif.pages[0].databytecounts[3]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + count] = b"\x00" * count  # tile 3 (bottom right) is zeros
+    path.write_bytes(bytes(data))
+    with open_slide(path) as slide:
+        assert slide.read_level_region(0, 0, 0, 200, 200).shape == (200, 200, 3)  # tile 0 is fine
+        with pytest.raises(SlideError, match=r"damaged\.tif: .*cannot be (read|decoded)"):
+            slide.read_level_region(0, 300, 300, 100, 100)

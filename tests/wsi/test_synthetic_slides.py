@@ -76,3 +76,22 @@ def test_task2_layout(tmp_path):
         "syn_01_wsi.tiff",
     ]
     assert pairs[1] == {"slide": str(folder / "syn_01_wsi.tiff"), "mask": str(folder / "syn_01_mask.tiff")}
+
+
+def test_demo_slides_written_once_and_foreign_folders_left_alone(tmp_path, monkeypatch):
+    from pathseqsam.synthetic.slides import SYNTHETIC_SLIDES_META, ensure_synthetic_task2
+
+    root = tmp_path / "demo"
+    assert ensure_synthetic_task2(root, n_slides=1, size_px=512, mpp_um=2.0) == str(root)
+    assert (root / SYNTHETIC_SLIDES_META).is_file()
+    assert (root / "Task2_WSI_level" / "synthetic" / "syn_00_wsi.tiff").is_file()
+    calls = []
+    monkeypatch.setattr(synthetic_slides, "write_synthetic_task2", lambda *a, **k: calls.append(a))
+    ensure_synthetic_task2(root, n_slides=1, size_px=512, mpp_um=2.0)
+    assert calls == []  # already there: not rewritten
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "slide.svs").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match=r"mine: not a synthetic slide set"):
+        ensure_synthetic_task2(foreign)
+    assert calls == []
