@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,7 +140,7 @@ def tile_grid(
     return tiles
 
 
-def order_tiles(tiles: list[Tile], order: str = "serpentine") -> list[Tile]:
+def order_tiles(tiles: list[Tile], order: str = "serpentine", max_short_path: int = 4000) -> list[Tile]:
     """The tiles as one sequence whose consecutive tiles are neighbours.
 
     Args:
@@ -147,6 +148,8 @@ def order_tiles(tiles: list[Tile], order: str = "serpentine") -> list[Tile]:
         order: ``"serpentine"`` (rows top to bottom, alternating left-right and right-left: every
             step is one stride within a row) or ``"short_path"`` (greedy nearest neighbour + 2-opt,
             :func:`pathseqsam.data.ordering.short_path_order`; O(N^2) memory, for up to a few thousand tiles).
+        max_short_path: above this many tiles ``"short_path"`` falls back to ``"serpentine"`` (with a
+            warning): 4000 tiles hold a 128 MB distance matrix.
 
     Returns:
         The reordered tiles.
@@ -156,8 +159,16 @@ def order_tiles(tiles: list[Tile], order: str = "serpentine") -> list[Tile]:
     if len(tiles) <= 1:
         return list(tiles)
     if order == "short_path":
-        centres = np.array([t.centre_um for t in tiles])
-        return [tiles[i] for i in short_path_order(centres)]
+        if len(tiles) > max_short_path:
+            # the 2-opt search holds an N x N distance matrix: memory would grow with the slide
+            warnings.warn(
+                f"{len(tiles)} tiles: more than max_short_path={max_short_path} for the short-path order "
+                "(O(N^2) memory); using the serpentine order",
+                stacklevel=2,
+            )
+        else:
+            centres = np.array([t.centre_um for t in tiles])
+            return [tiles[i] for i in short_path_order(centres)]
     rows: dict[float, list[Tile]] = {}
     for t in tiles:
         rows.setdefault(t.y_um, []).append(t)

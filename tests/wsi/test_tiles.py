@@ -92,3 +92,10 @@ def test_serpentine_and_short_path_orders():
     assert sum(np.hypot(a.x_um - b.x_um, a.y_um - b.y_um) for a, b in pairwise(short)) == 550.0
     with pytest.raises(ValueError, match="tile order must be one of"):
         order_tiles(tiles, "random")
+
+
+def test_short_path_falls_back_on_many_tiles():
+    tiles = [Tile(float(x), 0.0, 10.0) for x in (30, 10, 20, 0)]
+    with pytest.warns(UserWarning, match="more than max_short_path=3 .* using the serpentine order"):
+        out = order_tiles(tiles, "short_path", max_short_path=3)
+    assert [t.x_um for t in out] == [0, 10, 20, 30]
