@@ -134,6 +134,7 @@ class SlideInferenceSettings:
         tissue_mpp_um: resolution of the overview for the tissue mask and the thumbnail (finer for
             slides under 1024 px at it, coarser for those over 2048 px at it).
         min_tissue_fraction: a tile is kept when more than this fraction of it is tissue.
+        restrict_to_tissue: drop predictions outside the tissue mask (grown by one overview pixel).
         chunk: tiles read and encoded together.
         mpp_um: the slides' level-0 micrometres per pixel, when their metadata lacks it (or is wrong).
         overwrite: replace an existing ``OUTPUT/<slide name>/``.
@@ -152,6 +153,7 @@ class SlideInferenceSettings:
     max_object_um: float = 600.0
     tissue_mpp_um: float = 16.0
     min_tissue_fraction: float = 0.0
+    restrict_to_tissue: bool = True
     chunk: int = 8
     mpp_um: float | None = None
     overwrite: bool = False
@@ -297,9 +299,22 @@ class SlideSegmenter:
         min_area_px = cfg.min_object_um2 / cfg.model_mpp_um**2
         halo = math.ceil(cfg.max_object_um / cfg.model_mpp_um)
         to_level0 = cfg.model_mpp_um / slide.mpp_um  # level-0 pixels per working pixel
-        for block in (
-            clean_blocks(blender, cfg.threshold, min_area_px, cfg.fill_holes, halo=halo) if tiles else ()
-        ):
+        region = None
+        if cfg.restrict_to_tissue and tiles:
+            # the tissue mask, grown by one overview pixel, sampled at the map's pixel centres: the
+            # network sees glass at the tissue's edge and some models "find" glomeruli there
+            grown = ndimage.binary_dilation(tissue, iterations=1)
+            per_px = cfg.model_mpp_um / overview_mpp  # overview pixels per map pixel
+
+            def region(y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+                rows = np.minimum(((np.arange(y0, y1) + 0.5) * per_px).astype(np.int64), grown.shape[0] - 1)
+                cols = np.minimum(((np.arange(x0, x1) + 0.5) * per_px).astype(np.int64), grown.shape[1] - 1)
+                return grown[np.ix_(rows, cols)]
+
+        blocks = clean_blocks(
+            blender, cfg.threshold, min_area_px, cfg.fill_holes, halo=halo, region_mask=region
+        )
+        for block in blocks if tiles else ():
             mask.write(block.y0, block.x0, block.core(block.mask).astype(np.uint8))
             if block.n == 0:
                 continue

@@ -1,11 +1,10 @@
 """Disk-backed stitching of overlapping tile predictions, and region-by-region cleaning.
 
 The stitched probability map of a slide lives on disk as raw ``float32`` files (a weighted sum
-and a weight sum, as MONAI's ``AvgMerger`` keeps in RAM) and is reached through numpy memory maps
-of only the rows a tile or block touches, unmapped again at once. So the process's resident
-memory holds one window, never the map: peak RSS does not grow with the slide. (MONAI's
-``ZarrAvgMerger`` would keep the map on disk too, but needs zarr 3, hence numpy >= 2, which the
-MONAI Label environment cannot have.)
+and a weight sum, as MONAI's ``AvgMerger`` keeps in RAM), read and written one window row segment
+at a time (``os.pread`` / ``os.pwrite``). So the process's resident memory holds one window, never
+the map: peak RSS does not grow with the slide. (MONAI's ``ZarrAvgMerger`` would keep the map on
+disk too, but needs zarr 3, hence numpy >= 2, which the MONAI Label environment cannot have.)
 
 Cleaning (threshold, minimum object area, hole filling) runs block by block over the finished map;
 each block is read with a ``halo`` of context on every side, so an object or hole smaller than the
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,12 @@ __all__ = ["Block", "DiskArray", "DiskBlender", "blend_weights", "clean_blocks",
 
 
 class DiskArray:
-    """A 2-D array in a raw file, read and written window by window through short-lived memory maps.
+    """A 2-D array in a raw file, read and written window by window, row segment by row segment.
+
+    Each window row is one ``os.pread`` / ``os.pwrite`` of exactly the bytes it covers: the data go
+    through the page cache, never into this process's resident memory. (A memory map of the rows
+    was tried first: the kernel maps whole neighbouring pages on each fault, so the resident set
+    grew with the map's width, i.e. with the slide: 1133 vs 1011 MiB peak for a 32k vs an 8k slide.)
 
     Args:
         path: the file (created full of zeros, sparse, when ``create``).
@@ -46,41 +50,46 @@ class DiskArray:
             with open(self.path, "wb") as fh:
                 fh.truncate(self.shape[0] * self.shape[1] * self.dtype.itemsize)
 
-    def _rows(self, y0: int, y1: int, mode: str) -> np.memmap:
-        width = self.shape[1]
-        return np.memmap(
-            self.path,
-            dtype=self.dtype,
-            mode=mode,
-            offset=y0 * width * self.dtype.itemsize,
-            shape=(y1 - y0, width),
-        )
+    def _clip(self, y0: int, x0: int, y1: int, x1: int) -> tuple[int, int, int, int] | None:
+        cy0, cx0 = max(y0, 0), max(x0, 0)
+        cy1, cx1 = min(y1, self.shape[0]), min(x1, self.shape[1])
+        return None if cy1 <= cy0 or cx1 <= cx0 else (cy0, cx0, cy1, cx1)
 
     def read(self, y0: int, x0: int, y1: int, x1: int, fill: float = 0) -> np.ndarray:
         """A copy of ``[y0:y1, x0:x1]``; parts outside the array are ``fill``."""
         out = np.full((y1 - y0, x1 - x0), fill, dtype=self.dtype)
-        cy0, cx0 = max(y0, 0), max(x0, 0)
-        cy1, cx1 = min(y1, self.shape[0]), min(x1, self.shape[1])
-        if cy1 > cy0 and cx1 > cx0:
-            rows = self._rows(cy0, cy1, "r")
-            out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = rows[:, cx0:cx1]
-            del rows  # unmap: the pages leave this process's resident set
+        clip = self._clip(y0, x0, y1, x1)
+        if clip is None:
+            return out
+        cy0, cx0, cy1, cx1 = clip
+        item, width = self.dtype.itemsize, self.shape[1]
+        nbytes = (cx1 - cx0) * item
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for y in range(cy0, cy1):
+                buf = os.pread(fd, nbytes, (y * width + cx0) * item)
+                out[y - y0, cx0 - x0 : cx1 - x0] = np.frombuffer(buf, dtype=self.dtype)
+        finally:
+            os.close(fd)
         return out
 
     def write(self, y0: int, x0: int, values: np.ndarray, add: bool = False) -> None:
         """Write (or add) ``values`` at ``(y0, x0)``; parts outside the array are dropped."""
         h, w = values.shape
-        cy0, cx0 = max(y0, 0), max(x0, 0)
-        cy1, cx1 = min(y0 + h, self.shape[0]), min(x0 + w, self.shape[1])
-        if cy1 <= cy0 or cx1 <= cx0:
+        clip = self._clip(y0, x0, y0 + h, x0 + w)
+        if clip is None:
             return
-        part = values[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-        rows = self._rows(cy0, cy1, "r+")
+        cy0, cx0, cy1, cx1 = clip
+        part = np.ascontiguousarray(values[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0], dtype=self.dtype)
         if add:
-            rows[:, cx0:cx1] += part
-        else:
-            rows[:, cx0:cx1] = part
-        del rows
+            part = part + self.read(cy0, cx0, cy1, cx1)
+        item, width = self.dtype.itemsize, self.shape[1]
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for i, y in enumerate(range(cy0, cy1)):
+                os.pwrite(fd, part[i].tobytes(), (y * width + cx0) * item)
+        finally:
+            os.close(fd)
 
 
 def blend_weights(size: int, mode: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
@@ -159,6 +168,7 @@ def clean_blocks(
     fill_holes: bool = True,
     block: int = 1024,
     halo: int = 256,
+    region_mask: Callable[[int, int, int, int], np.ndarray] | None = None,
 ) -> Iterator[Block]:
     """Threshold and clean the blended map block by block.
 
@@ -174,6 +184,8 @@ def clean_blocks(
         fill_holes: fill holes inside objects.
         block: block side in map pixels.
         halo: context on every side, in map pixels: objects and holes up to this size are judged whole.
+        region_mask: optional ``(y0, x0, y1, x1) -> bool [y1 - y0, x1 - x0]``: where objects may be
+            (the tissue); thresholded pixels outside it are dropped before cleaning.
 
     Yields:
         :class:`Block` s in row-major order.
@@ -186,6 +198,8 @@ def clean_blocks(
             wy1, wx1 = min(height, y1 + halo), min(width, x1 + halo)
             prob = blender.read(wy0, wx0, wy1, wx1)
             mask = prob >= threshold
+            if region_mask is not None and mask.any():
+                mask &= region_mask(wy0, wx0, wy1, wx1)
             if mask.any():
                 if fill_holes:
                     background, nb = ndimage.label(~mask)

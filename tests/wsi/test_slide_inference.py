@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 from pathseqsam.data.slides import SlideError, open_slide
@@ -238,3 +239,20 @@ def test_disk_blender_is_a_weighted_average(tmp_path):
     arr = DiskArray(tmp_path / "x.u8", (10, 10), np.uint8)
     arr.write(-2, 8, np.ones((5, 5), np.uint8))  # partly outside: clipped
     assert arr.read(0, 0, 10, 10).sum() == 3 * 2
+
+
+def test_predictions_are_kept_to_the_tissue(tmp_path, slide_files, scene):
+    class Everywhere(ColourOracle):
+        def _logits(self, x):
+            return torch.full_like(x[:, :1], 10.0)
+
+    on = SlideSegmenter(Everywhere(), tmp_path / "on", model_mpp_um=8.0).segment(slide_files["slide"])
+    off = SlideSegmenter(Everywhere(), tmp_path / "off", model_mpp_um=8.0, restrict_to_tissue=False).segment(
+        slide_files["slide"]
+    )
+    # without the restriction the tiles' whole area (tissue and the glass they overlap) is "found"
+    area_on, area_off = sum(on["areas_um2"]), sum(off["areas_um2"])
+    assert area_off > 1.2 * area_on
+    # with it, the found area is the tissue area (within the one-pixel growth of a 16-um mask)
+    assert area_on / 1e6 == pytest.approx(on["tissue_mm2"], rel=0.1)
+    assert on["count"] == 3  # the three sections
