@@ -77,8 +77,7 @@ def _segment(args: argparse.Namespace, slide: str) -> dict:
 
     # patch pipeline: one in-memory sequence of windows through iter_slices; a full warm-up pass,
     # then 3 timed passes before the slide and 3 after it (the median of the 6: shared CPUs are noisy)
-    # same geometry as the slide: windows one stride apart, the stride as Eq. 1's unit (a spacing
-    # of ~30 units puts phi = exp(-lambda d^2) among float32 denormals, which are slow on CPUs)
+    # same geometry as the slide: windows one stride apart, the stride as Eq. 1's unit
     stride_um = args.image_size * args.model_mpp / 2.0
     x = torch.randn(1, 3, args.patch_windows, args.image_size, args.image_size, device=device)
     steps = torch.arange(args.patch_windows, dtype=torch.float32) * stride_um
