@@ -26,6 +26,7 @@ LAYERS = {
     "modeling": 1,
     "losses": 1,
     "metrics": 1,
+    "slide_metrics": 1,
     "engine": 2,
     "compare": 3,
     "label": 3,

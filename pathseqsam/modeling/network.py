@@ -27,7 +27,7 @@ Build it with :func:`pathseqsam.build_pathseqsam`, which composes SAM2's own Hyd
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -231,6 +231,72 @@ class PathSeqSAM(SAM2Base):
                     )
                 yield step
             del feats, vpos
+
+    def iter_slice_stream(
+        self,
+        chunks: Iterable[Tensor],
+        positions: Tensor | None,
+        num_slices: int,
+        return_aux: bool = False,
+    ) -> Iterator[dict[str, Tensor]]:
+        """:meth:`iter_slices` for sequences too long to hold: the images arrive chunk by chunk.
+
+        Whole-slide tiles are one sequence of thousands of tiles; holding them all as one
+        ``[B, 3, N, H, W]`` tensor would make memory grow with the slide. Here the caller hands
+        in an iterable of chunks and only the positions (a few floats per slice) up front; the
+        per-slice computation is :meth:`iter_slices`' own (same memory bank, same distances),
+        so a sequence streamed in chunks gives the same results as the stacked sequence.
+        Prompt-free.
+
+        Args:
+            chunks: iterable of ``[B, 3, n_i, H, W]`` (or ``[B, 3, H, W]`` for one slice) tensors whose
+                ``n_i`` add up to ``num_slices``; same ``B``, ``H``, ``W`` in all.
+            positions: ``[B, N]`` or ``[B, N, D]`` micrometres for all ``N = num_slices`` slices, or None.
+            num_slices: ``N``, the sequence length (the last slice writes no memory).
+            return_aux: as in :meth:`iter_slices`.
+
+        Yields:
+            Per slice, the dict :meth:`iter_slices` yields.
+        """
+        n = int(num_slices)
+        if n < 1:
+            raise ValueError(f"num_slices must be >= 1, got {num_slices}")
+        bank = MemoryBank(self.memory_pool_size)
+        state: dict[str, Any] = {"adj_count": 0, "prev_desc": None}
+        pos: Tensor | None = None
+        t = 0
+        for chunk in chunks:
+            chunk, _ = self._as_sequence(chunk)
+            bsz, _, m, h, w = chunk.shape
+            if t + m > n:
+                raise ValueError(f"the chunks hold more than num_slices={n} slices")
+            if pos is None:
+                pos = self._as_positions(positions, bsz, n, chunk.device)
+                state["adj_sum"] = chunk.new_zeros(bsz)
+            resize = (h, w) != (self.image_size, self.image_size)
+            for c0 in range(0, m, self.encoder_chunk):
+                c1 = min(m, c0 + self.encoder_chunk)
+                flat = chunk[:, :, c0:c1].transpose(1, 2).reshape(bsz * (c1 - c0), 3, h, w)
+                if resize:
+                    flat = F.interpolate(
+                        flat, size=(self.image_size,) * 2, mode="bilinear", align_corners=False
+                    )
+                _, feats, vpos, feat_sizes = self._prepare_backbone_features(self.forward_image(flat))
+                for i in range(c1 - c0):
+                    feats_t = [x.unflatten(1, (bsz, c1 - c0))[:, :, i].contiguous() for x in feats]
+                    vpos_t = [x.unflatten(1, (bsz, c1 - c0))[:, :, i].contiguous() for x in vpos]
+                    step = self._segment_slice(
+                        t, n, feats_t, vpos_t, feat_sizes, None, bank, pos, state, return_aux
+                    )
+                    if resize:
+                        step["logits"] = F.interpolate(
+                            step["logits"], size=(h, w), mode="bilinear", align_corners=False
+                        )
+                    t += 1
+                    yield step
+                del feats, vpos
+        if t != n:
+            raise ValueError(f"the chunks held {t} slices, expected num_slices={n}")
 
     # ------------------------------------------------------------------ one slice
     def _segment_slice(

@@ -1,0 +1,199 @@
+"""The bundle's whole-slide configs: inference_wsi.json (the documented command line, on an Aperio SVS),
+evaluate_wsi.json (in-process, KPIs Task 2 root and --slides/--masks) and the torchrun overlay."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "bundle" / "configs"
+META = str(CONFIGS / "metadata.json")
+LOGGING = str(CONFIGS / "logging.conf")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Callable[[float], Path]:
+    """State dicts of the bundle's tiny network (as the training job's model.pt holds), one per working
+    resolution: the weights carry their ``model_mpp_um`` and refuse to load at another."""
+    from pathseqsam import build_pathseqsam
+
+    folder = tmp_path_factory.mktemp("ckpt")
+
+    def at(model_mpp_um: float) -> Path:
+        path = folder / f"model_{model_mpp_um:g}.pt"
+        if not path.is_file():
+            torch.manual_seed(0)
+            net = build_pathseqsam(
+                model="tiny", image_size=128, lora_rank=8, memory_k=5, distance_unit_um=5.0,
+                multimask_output=False, model_mpp_um=model_mpp_um,
+            )  # fmt: skip
+            torch.save(net.state_dict(), path)
+        return path
+
+    return at
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+def test_inference_wsi_command_on_an_aperio_svs(tmp_path, slide_files, tiny_checkpoint):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "inference_wsi.json"),
+        "--meta_file",
+        META,
+        "--logging_file",
+        LOGGING,
+        "--slides",
+        str(slide_files["svs"].parent / "*.svs"),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(tiny_checkpoint(4.0)),
+        "--model_mpp_um",
+        "4.0",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = out / "syn_00"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "glomeruli.geojson",
+        "mask.tif",
+        "summary.json",
+        "thumbnail.png",
+    ]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["reader"] == "openslide" and summary["mpp_um"] == pytest.approx(1.0, rel=1e-3)
+    assert summary["settings"]["model_mpp_um"] == 4.0 and summary["tiles"] > 0
+    assert "syn_00: tiles" in proc.stderr + proc.stdout  # the progress line
+    gj = json.loads((folder / "glomeruli.geojson").read_text())
+    assert gj["type"] == "FeatureCollection"
+
+
+def test_a_file_name_is_never_evaluated(tmp_path, slide_files, tiny_checkpoint):
+    """A slide named like a config expression is only a file name to the bundle."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    odd = folder / "$__import__('os').getcwd()@x.svs"
+    odd.write_bytes(slide_files["svs"].read_bytes())
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference_wsi.json"),
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=None,
+        slides=str(folder),
+        output_dir=str(tmp_path / "out"),
+        ckpt_path=str(tiny_checkpoint(8.0)),
+        model_mpp_um=8.0,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    assert (tmp_path / "out" / "$__import__('os').getcwd()@x" / "summary.json").is_file()
+
+
+def test_evaluate_wsi_on_a_task2_root_and_on_globs(tmp_path, slide_files, tiny_checkpoint):
+    import shutil
+
+    root = tmp_path / "kpis" / "Task2_WSI_level" / "DN"
+    root.mkdir(parents=True)
+    shutil.copy(slide_files["slide"], root / "syn_00_wsi.tiff")
+    shutil.copy(slide_files["mask"], root / "syn_00_mask.tiff")
+    common = {
+        "config_file": str(CONFIGS / "evaluate_wsi.json"),
+        "meta_file": META,
+        "logging_file": LOGGING,
+        "workflow_type": None,
+        "ckpt_path": str(tiny_checkpoint(8.0)),
+        "model_mpp_um": 8.0,
+    }
+    runs = {
+        "root": {"dataset_dir": str(tmp_path / "kpis")},
+        "globs": {
+            "slides": str(root / "*_wsi.tiff"),
+            "masks": str(root / "*_mask.tiff"),
+            "modes": ["sequence"],
+        },
+    }
+    for name, overrides in runs.items():
+        out = tmp_path / f"eval_{name}"
+        workflow = ConfigWorkflow(output_dir=str(out), **common, **overrides)
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        rows = list(csv.DictReader((out / "slides.csv").open()))
+        modes = ["sequence", "per_tile"] if name == "root" else ["sequence"]
+        assert [r["mode"] for r in rows] == modes + modes
+        assert [r["slide"] for r in rows[len(modes) :]] == ["mean"] * len(modes)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["slides"] == 1 and set(summary["mean"]) == set(modes)
+        for row in rows[: len(modes)]:
+            assert 0.0 <= float(row["dice"]) <= 1.0 and int(row["n_gt"]) > 50
+
+
+def test_torchrun_shards_slides_over_ranks(tmp_path, slide_files, tiny_checkpoint):
+    """multi_gpu_inference_wsi.json: two processes (gloo on CPU), each segments its own slide."""
+    import shutil
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(slide_files["svs"], folder / f"{name}.svs")
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    configs = [str(CONFIGS / "inference_wsi.json"), str(CONFIGS / "multi_gpu_inference_wsi.json")]
+    cmd = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--log-dir",
+        str(logs),
+        "--redirects",
+        "3",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(configs),
+        "--meta_file",
+        META,
+        "--logging_file",
+        LOGGING,
+        "--slides",
+        str(folder),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(tiny_checkpoint(8.0)),
+        "--model_mpp_um",
+        "8.0",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    ranks = {
+        r: "\n".join(f.read_text(errors="replace") for f in sorted(logs.glob(f"**/attempt_0/{r}/std*.log")))
+        for r in (0, 1)
+    }
+    assert proc.returncode == 0, f"{proc.stderr[-2000:]}\n{ranks[0][-2000:]}\n{ranks[1][-2000:]}"
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c"]
+    # rank 0 took slides 0 and 2, rank 1 slide 1 (every world-th slide)
+    assert "this process: 2 of them, rank 0 of 2" in ranks[0]
+    assert "this process: 1 of them, rank 1 of 2" in ranks[1]
+    assert "b: tiles" in ranks[1] and "b: tiles" not in ranks[0]
