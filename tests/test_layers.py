@@ -1,7 +1,7 @@
 """The package's layer order, read from every module's imports (including imports inside functions).
 
 root utilities (``atomic``, ``visualize``) <- ``data``, ``synthetic``, ``modeling``, ``losses``,
-``metrics`` <- ``engine`` <- ``compare``, ``label``. Root utilities may use each other; within the
+``metrics`` <- ``engine``, ``pretrain`` <- ``compare``, ``label``. Root utilities may use each other; within the
 middle layer only ``synthetic`` may
 use ``data`` (it writes datalists and stacks with the readers' own writers); the one import from
 ``data`` into ``synthetic`` is the deprecated ``pathseqsam.data.synthetic`` alias. The package's
@@ -28,6 +28,7 @@ LAYERS = {
     "metrics": 1,
     "slide_metrics": 1,
     "engine": 2,
+    "pretrain": 2,
     "compare": 3,
     "label": 3,
 }

@@ -28,7 +28,7 @@ run leaves nothing half-written.
 
 CLI::
 
-    python -m pathseqsam.synthetic --out DIR --cases 10 --seed 0 [--image-size 256] [--sections 10]
+    python -m pathseqsam.synthetic --out DIR --cases 10 --seed 0 [--image-size 256] [--sections 10] [--stain he]
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from pathseqsam.synthetic.degrade import (
 )
 from pathseqsam.synthetic.tissue import (
     DIFFICULTIES,
+    STAIN_PRESETS,
     concentrations_to_rgb,
     make_tissue_block,
     render_section,
@@ -120,7 +121,9 @@ def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
     n = int(rng.integers(lo, hi + 1))
     z_px = _section_depths(rng, n, task["spacing_um"], mpp)
     z_um = z_px * mpp
-    block = make_tissue_block(rng, field_um, (float(z_um[0]), float(z_um[-1])), task["difficulty"])
+    block = make_tissue_block(
+        rng, field_um, (float(z_um[0]), float(z_um[-1])), task["difficulty"], stain=task["stain"]
+    )
     degraded = set(choose_degraded_sections(rng, n, task["degraded_fraction"]))
 
     case_dir = root / "Task1_patch_level" / _SPLIT_FOLDERS[split] / SYNTHETIC_CLASS / name
@@ -248,6 +251,7 @@ def generate_synthetic_dataset(
     spacing_um: tuple[float, float] = (3.0, 7.0),
     degraded_fraction: float = 0.3,
     difficulty: str = "realistic",
+    stain: str = "pas",
     jpeg_quality: int = 90,
     stacks: bool = True,
     contact_sheet: bool = True,
@@ -269,6 +273,9 @@ def generate_synthetic_dataset(
         difficulty: ``"realistic"`` (every hard negative) or ``"easy"`` (no inflammatory infiltrates or
             arterioles, glomeruli centred in the stack; the bundle's CPU demo set), see
             :func:`pathseqsam.synthetic.tissue.make_tissue_block`. Damage is the same in both.
+        stain: stain preset (:data:`pathseqsam.synthetic.tissue.STAIN_PRESETS`): ``"pas"`` (the
+            default; the demo's look) or ``"he"`` (H&E). The same seed gives the same tissue,
+            masks and damage in every stain; only the colours differ.
         jpeg_quality: quality of the image JPEGs (masks use 95).
         stacks: also write the OME-TIFF and NIfTI stacks and their datalists.
         contact_sheet: write ``contact_sheet.png`` for the validation case (else any case) with glomeruli
@@ -292,6 +299,8 @@ def generate_synthetic_dataset(
         raise ValueError(f"spacing_um must be (min, max) with 0 < min <= max, got {spacing_um}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    if stain not in STAIN_PRESETS:
+        raise ValueError(f"stain must be one of {sorted(STAIN_PRESETS)}, got {stain!r}")
     out = Path(out_dir).absolute()
     _prepare_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -310,6 +319,7 @@ def generate_synthetic_dataset(
             "spacing_um": (float(spacing_um[0]), float(spacing_um[1])),
             "degraded_fraction": float(degraded_fraction),
             "difficulty": difficulty,
+            "stain": stain,
             "jpeg_quality": int(jpeg_quality),
             "stacks": bool(stacks),
         }
@@ -351,6 +361,8 @@ def generate_synthetic_dataset(
             "spacing_um": list(spacing_um),
             "degraded_fraction": float(degraded_fraction),
             "difficulty": difficulty,
+            # recorded only when not the default, so PAS datasets stay byte-identical to earlier ones
+            **({} if stain == "pas" else {"stain": stain}),
             "contact_sheet_case": sheet_case,
             "kpis_reader": {
                 "offset_order": "xy",
@@ -398,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spacing-um", type=float, nargs=2, default=(3.0, 7.0), metavar=("MIN", "MAX"))
     parser.add_argument("--degraded-fraction", type=float, default=0.3)
     parser.add_argument("--difficulty", choices=DIFFICULTIES, default="realistic")
+    parser.add_argument("--stain", choices=sorted(STAIN_PRESETS), default="pas", help="stain preset")
     parser.add_argument("--no-stacks", action="store_true", help="skip the TIFF/NIfTI stacks")
     parser.add_argument("--no-contact-sheet", action="store_true")
     parser.add_argument("--workers", type=int, default=1)
@@ -415,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spacing_um=tuple(args.spacing_um),
             degraded_fraction=args.degraded_fraction,
             difficulty=args.difficulty,
+            stain=args.stain,
             stacks=not args.no_stacks,
             contact_sheet=not args.no_contact_sheet,
             workers=args.workers,

@@ -1,4 +1,4 @@
-"""A 3D block of kidney-cortex-like tissue and its rendering into PAS-stained sections.
+"""A 3D block of kidney-cortex-like tissue and its rendering into stained sections (PAS or H&E).
 
 Everything is defined in micrometres in 3D, so consecutive sections a few micrometres apart show
 slowly changing cross-sections of the same structures, and the glomerulus mask of a section is the
@@ -23,7 +23,9 @@ Structures (sizes for mouse kidney, whose glomeruli are 60-120 um across):
 Nuclei and red cells are 3D spheres, so each appears in one or two sections like real ones. Stains
 are rendered with the Beer-Lambert law from per-pixel amounts of haematoxylin, PAS-magenta and red
 cell pigment, with per-case stain vectors and per-compartment stain ratios, so colour alone does
-not separate glomeruli from tubules.
+not separate glomeruli from tubules. Named stain presets (:data:`STAIN_PRESETS`) change what the
+channels look like and which compartments take them up: ``"pas"`` (the default, the demo's look) and
+``"he"`` (haematoxylin and eosin, the look of the data SAM2 is pretrained on, which is not the task).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from scipy import ndimage
 
 __all__ = [
     "DIFFICULTIES",
+    "STAIN_PRESETS",
     "Compartment",
     "Glomerulus",
     "SectionRender",
+    "StainPreset",
     "TissueBlock",
     "TubeKind",
     "concentrations_to_rgb",
@@ -105,6 +109,70 @@ _BASE_AMOUNTS[Compartment.VESSEL_WALL] = (0.08, 0.42, 0.0)
 _BASE_AMOUNTS[Compartment.VESSEL_LUMEN] = (0.0, 0.03, 0.0)
 _BASE_AMOUNTS[Compartment.ELASTIC_LAMINA] = (0.02, 1.0, 0.0)
 _BASE_AMOUNTS[Compartment.INFILTRATE] = (0.06, 0.22, 0.0)
+
+
+@dataclass(frozen=True)
+class StainPreset:
+    """A named staining protocol: what each of the three rendered stain channels looks like and how much
+    of it each compartment takes up (per-case variation is drawn on top of these, with the same random
+    draws for every preset, so one seed gives the same tissue in every stain).
+
+    Attributes:
+        name: preset name (a key of :data:`STAIN_PRESETS`).
+        stains: ``[3, 3]`` optical density (R, G, B) of one unit of each channel: nuclear stain,
+            counterstain, red-cell pigment.
+        amounts: ``[N_COMPARTMENTS, 3]`` channel amounts per compartment before texture.
+        description: what it imitates.
+    """
+
+    name: str
+    stains: np.ndarray
+    amounts: np.ndarray
+    description: str
+
+
+# H&E: haematoxylin (blue nuclei) with eosin as the counterstain. Eosin colours cytoplasm, not
+# basement membranes: proximal tubule cells and smooth muscle are the pinkest, basement membranes,
+# capsule and mesangium only moderately, red cells bright orange-red. Stain directions after
+# Ruifrok & Johnston (2001): haematoxylin (0.65, 0.70, 0.29), eosin (0.07, 0.99, 0.11).
+_HE_STAINS = np.array(
+    [
+        [1.20, 1.30, 0.55],  # haematoxylin ~ RGB (75, 65, 145) at 1 unit: bluer than the PAS case's
+        [0.10, 1.35, 0.25],  # eosin ~ RGB (225, 65, 195) at 1 unit: pink
+        [0.08, 1.05, 1.00],  # red cells ~ RGB (235, 90, 95)
+    ]
+)
+_HE_AMOUNTS = np.zeros((N_COMPARTMENTS, 3))
+_HE_AMOUNTS[Compartment.INTERSTITIUM] = (0.03, 0.10, 0.0)
+_HE_AMOUNTS[Compartment.EPITHELIUM] = (0.05, 0.62, 0.0)
+_HE_AMOUNTS[Compartment.TUBULE_LUMEN] = (0.01, 0.03, 0.0)
+_HE_AMOUNTS[Compartment.BRUSH_BORDER] = (0.03, 0.50, 0.0)
+_HE_AMOUNTS[Compartment.TUBULE_BM] = (0.02, 0.30, 0.0)
+_HE_AMOUNTS[Compartment.TUFT] = (0.12, 0.42, 0.0)
+_HE_AMOUNTS[Compartment.CAPILLARY_LUMEN] = (0.01, 0.05, 0.0)
+_HE_AMOUNTS[Compartment.BOWMAN_SPACE] = (0.0, 0.02, 0.0)
+_HE_AMOUNTS[Compartment.CAPSULE] = (0.03, 0.35, 0.0)
+_HE_AMOUNTS[Compartment.VESSEL_WALL] = (0.06, 0.75, 0.0)
+_HE_AMOUNTS[Compartment.VESSEL_LUMEN] = (0.0, 0.02, 0.0)
+_HE_AMOUNTS[Compartment.ELASTIC_LAMINA] = (0.02, 0.55, 0.0)
+_HE_AMOUNTS[Compartment.INFILTRATE] = (0.10, 0.15, 0.0)
+
+STAIN_PRESETS: dict[str, StainPreset] = {
+    "pas": StainPreset(
+        "pas",
+        _BASE_STAINS,
+        _BASE_AMOUNTS,
+        "periodic acid-Schiff with haematoxylin (the demo's and KPIs' look): magenta basement "
+        "membranes, brush borders and mesangium",
+    ),
+    "he": StainPreset(
+        "he",
+        _HE_STAINS,
+        _HE_AMOUNTS,
+        "haematoxylin and eosin: pink cytoplasm (tubule cells, smooth muscle), pale basement "
+        "membranes, blue nuclei (used to pretrain SAM2 on something other than the task)",
+    ),
+}
 
 # Probability that a candidate nucleus centred in a compartment is kept (nuclear density).
 _NUCLEUS_KEEP = np.zeros(N_COMPARTMENTS)
@@ -368,12 +436,12 @@ def _grow_tubes(
     return paths, radii, lumens, kinds
 
 
-def _stain_variation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _stain_variation(rng: np.random.Generator, preset: StainPreset) -> tuple[np.ndarray, np.ndarray]:
     """Per-case stain vectors and compartment amounts (what makes colour thresholding unreliable)."""
-    stains = _BASE_STAINS * rng.uniform(0.85, 1.15, size=(3, 1))
+    stains = preset.stains * rng.uniform(0.85, 1.15, size=(3, 1))
     stains = stains + rng.normal(0.0, 0.05, size=(3, 3))  # hue shifts between staining runs
     stains = np.clip(stains, 0.05, None)
-    amounts = _BASE_AMOUNTS.copy()
+    amounts = preset.amounts.copy()
     amounts[:, 1] *= rng.uniform(0.85, 1.15)
     amounts[Compartment.TUFT] *= rng.uniform(0.8, 1.15)
     amounts[Compartment.EPITHELIUM] *= rng.uniform(0.8, 1.35)
@@ -388,6 +456,7 @@ def make_tissue_block(
     field_um: float,
     z_range: tuple[float, float],
     difficulty: str = "realistic",
+    stain: str = "pas",
 ) -> TissueBlock:
     """Sample one case's tissue block.
 
@@ -399,12 +468,16 @@ def make_tissue_block(
             polar caps of glomeruli) or ``"easy"`` (no infiltrates or arterioles, glomeruli centred
             in the stack with a wider Bowman's space: learnable by a small model trained from
             scratch in minutes on a CPU, the bundle's demo set). Damage is the same in both.
+        stain: a key of :data:`STAIN_PRESETS` (``"pas"``: the demo's look; ``"he"``: H&E). The
+            random draws do not depend on it: one seed gives the same tissue in every stain.
 
     Returns:
         The :class:`TissueBlock`.
     """
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    if stain not in STAIN_PRESETS:
+        raise ValueError(f"stain must be one of {sorted(STAIN_PRESETS)}, got {stain!r}")
     easy = difficulty == "easy"
     glomeruli = _place_glomeruli(rng, field_um, z_range, easy)
     paths, radii, lumens, kinds = _grow_tubes(rng, field_um, z_range, glomeruli)
@@ -434,7 +507,7 @@ def make_tissue_block(
         "shape": LatticeNoise(rng, noise_lo, noise_hi, 25.0),
         "stain": LatticeNoise(rng, noise_lo, noise_hi, 60.0),
     }
-    stains, amounts = _stain_variation(rng)
+    stains, amounts = _stain_variation(rng, STAIN_PRESETS[stain])
     edge = None
     if rng.random() < 0.25:  # a tissue edge with glass beyond it, on one side of the field
         angle = rng.uniform(0, 2 * np.pi)

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Pretrain the CPU-sized ``tiny`` SAM2 the way SAM2 was pretrained, on synthetic H&E tissue (not the task).
+
+Promptable segmentation (clicks, boxes, masks, correction clicks) of every structure of the synthetic
+tissue model (glomeruli, tufts, tubules, tubule lumens, arterioles, infiltrates) on single sections
+and on short stacks prompted on their first section and propagated through SAM2's memory, at 0.5-2
+um per pixel, from the pretraining seed range (disjoint from the demo's, the tests' and the
+comparison's: :mod:`pathseqsam.synthetic.seeds`). See :mod:`pathseqsam.pretrain.trainer`.
+
+The run's length is a number of iterations (deterministic for a seed on one platform and thread
+count, not a time budget). It prints progress lines (iteration, loss, ETA), saves a resumable state
+every ``--save-every`` iterations (run the same command again to resume), and at the end writes
+
+* ``OUT/sam2_tiny_pretrained.pt``: SAM2's checkpoint format ``{"model": state_dict}``, SAM2's key
+  names, loadable by ``build_pathseqsam(model="tiny", image_size=256, checkpoint=...)``;
+* ``OUT/pretrain_curve.png``, ``OUT/history.json``, ``OUT/record.json`` (SHA-256, command, commit,
+  settings, wall time, held-out Dice);
+* with ``--install PATH``: the checkpoint copied to PATH and its record to ``PATH`` with ``.json``.
+
+Example (the shipped checkpoint, see bundle/docs/README.md for the exact command)::
+
+    python scripts/pretrain_tiny_sam2.py --out outputs/pretrain --iterations 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="outputs/pretrain", help="run folder (state, history, checkpoint)")
+    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0, help="run seed (data from PRETRAIN_SEEDS[seed])")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=4, help="sections per stack")
+    parser.add_argument("--videos-per-batch", type=int, default=2)
+    parser.add_argument("--images-per-batch", type=int, default=4)
+    parser.add_argument("--objects", type=int, default=3, help="objects per stack or image")
+    parser.add_argument(
+        "--corrections", type=int, default=2, help="correction clicks on the prompted section"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: this model's operations are small; on a busy 2-core machine 2 threads "
+        "were measured 8x slower than 1)",
+    )
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=1,
+        help="processes rendering the next batches (results do not depend on it)",
+    )
+    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument(
+        "--eval-every", type=int, default=250, help="held-out Dice every N iterations (0: at the end)"
+    )
+    parser.add_argument(
+        "--install", default=None, help="copy the final checkpoint here (and its record next to it)"
+    )
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from pathseqsam.atomic import atomic_write, atomic_write_text
+    from pathseqsam.pretrain import PretrainConfig, pretrain
+    from pathseqsam.pretrain.report import plot_pretraining_curve, sha256_of
+
+    cfg = PretrainConfig(
+        iterations=args.iterations,
+        seed=args.seed,
+        image_size=args.image_size,
+        frames=args.frames,
+        videos_per_batch=args.videos_per_batch,
+        images_per_batch=args.images_per_batch,
+        objects=args.objects,
+        corrections=args.corrections,
+        lr=args.lr,
+        warmup=min(args.warmup, max(1, args.iterations // 10)),
+    )
+    out = Path(args.out)
+    print(f"pretraining tiny SAM2: {json.dumps(cfg.as_dict())}, {args.threads} threads -> {out}", flush=True)
+    start = time.time()
+    result = pretrain(
+        cfg,
+        out,
+        save_every=args.save_every,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        data_workers=args.data_workers,
+        progress=lambda line: print(time.strftime("%H:%M:%S ") + line, flush=True),
+    )
+    checkpoint = Path(result["checkpoint"])
+    curve = plot_pretraining_curve(
+        result["history"],
+        result["evaluations"],
+        out / "pretrain_curve.png",
+        title=f"tiny SAM2 pretraining on synthetic H&E ({cfg.iterations} iterations, seed {cfg.seed})",
+    )
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    record = {
+        "file": checkpoint.name,
+        "sha256": sha256_of(checkpoint),
+        "bytes": checkpoint.stat().st_size,
+        "command": "python scripts/pretrain_tiny_sam2.py "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "commit": _git("rev-parse", "HEAD") + (" (uncommitted changes)" if dirty else ""),
+        "config": cfg.as_dict(),
+        "threads": args.threads,
+        "seconds": round(result["seconds"], 1),
+        "wall_seconds_this_invocation": round(time.time() - start, 1),
+        "evaluations": result["evaluations"],
+        "final_loss_per_frame_mean_of_last_100": round(
+            sum(r["loss"] for r in result["history"][-100:]) / max(1, len(result["history"][-100:])), 4
+        ),
+        "platform": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+    }
+    atomic_write_text(out / "record.json", json.dumps(record, indent=1) + "\n")
+    print(f"checkpoint {checkpoint} sha256 {record['sha256']} ({record['bytes']} bytes); curve {curve}")
+    if args.install:
+        target = Path(args.install)
+        atomic_write(target, lambda tmp: shutil.copyfile(checkpoint, tmp))
+        atomic_write_text(target.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
+        print(f"installed {target} and {target.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
