@@ -24,6 +24,8 @@ with the folder on ``PYTHONPATH``)::
     python -m monai.bundle run training --config_file configs/train.json \\
         --meta_file configs/metadata.json --logging_file configs/logging.conf
 
+``pretrained/`` (the CPU-pretrained tiny SAM2 checkpoint, 5 MB, and its record) is copied as it is.
+
 Left out: ``data/``, ``models/``, ``eval/``, ``runs/`` (weights are downloaded through
 ``large_files.yml``). ``--weights FILE --weights-url URL`` ships ``FILE`` as ``models/model.pt``
 and adds its ``large_files.yml`` entry with the URL and the file's SHA-256.
@@ -50,7 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NAME = "pathseqsam_glomerulus_segmentation"
 BUNDLE_FILES = ("LICENSE", "large_files.yml")
-BUNDLE_DIRS = ("configs", "docs")
+BUNDLE_DIRS = ("configs", "docs", "pretrained")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
 # Subpackages not shipped: pathseqsam.label is the MONAI Label app, which needs monailabel (its own
 # environment, not a bundle dependency); no bundle config uses it.
@@ -267,6 +269,8 @@ def package_bundle(
             if (bundle / f).is_file():
                 shutil.copy2(bundle / f, staging / f)
         shutil.copytree(bundle / "docs", staging / "docs", ignore=IGNORED)
+        if (bundle / "pretrained").is_dir():  # the CPU-pretrained tiny SAM2 and its record (a few MB)
+            shutil.copytree(bundle / "pretrained", staging / "pretrained", ignore=IGNORED)
         rewritten = _copy_configs(bundle / "configs", staging / "configs")
         scripts = staging / "scripts"
         scripts.mkdir()

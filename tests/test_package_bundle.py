@@ -140,6 +140,31 @@ def test_package_carries_the_repository_package_and_rewritten_configs(unpacked):
     assert yaml.safe_load((unpacked / "large_files.yml").read_text()) == yaml.safe_load(
         (ROOT / "bundle" / "large_files.yml").read_text()
     )
+    # the CPU-pretrained tiny SAM2 and its record travel with the bundle, byte for byte
+    pretrained = [p for p in (ROOT / "bundle" / "pretrained").rglob("*") if p.is_file()]
+    for path in pretrained:
+        rel = path.relative_to(ROOT / "bundle")
+        assert (unpacked / rel).read_bytes() == path.read_bytes(), rel
+
+
+def test_pretrained_folder_is_copied(tmp_path):
+    import importlib.util
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    for name in ("configs", "docs"):
+        shutil.copytree(ROOT / "bundle" / name, bundle / name)
+    shutil.copy2(ROOT / "bundle" / "LICENSE", bundle / "LICENSE")
+    (bundle / "pretrained").mkdir()
+    weights = os.urandom(2048)
+    (bundle / "pretrained" / "tiny.pt").write_bytes(weights)
+    (bundle / "pretrained" / "tiny.json").write_text('{"sha256": "x"}')
+    spec = importlib.util.spec_from_file_location("package_bundle", ROOT / "scripts" / "package_bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.package_bundle(tmp_path / "dist", bundle=bundle, make_zip=False)
+    assert (out / "pretrained" / "tiny.pt").read_bytes() == weights
+    assert (out / "pretrained" / "tiny.json").read_text() == '{"sha256": "x"}'
 
 
 def test_packaged_bundle_trains_and_infers_without_the_repository(unpacked, dataset):

@@ -84,7 +84,7 @@ class PretrainConfig:
 
     iterations: int = 2000
     seed: int = 0
-    image_size: int = 256
+    image_size: int = 128
     frames: int = 4
     videos_per_batch: int = 2
     images_per_batch: int = 4
@@ -93,7 +93,7 @@ class PretrainConfig:
     mask_prompt_fraction: float = 0.5
     box_fraction: float = 0.5
     corrections: int = 2
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.01
     warmup: int = 100
     grad_clip: float = 1.0

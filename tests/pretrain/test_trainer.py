@@ -1,0 +1,152 @@
+"""The pretraining loop: SAM2's checkpoint format loadable like an official one, determinism, resuming."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pathseqsam import build_pathseqsam
+from pathseqsam.modeling.build import instantiate_sam2
+from pathseqsam.modeling.checkpoint import PATHSEQSAM_NEW_KEYS
+from pathseqsam.pretrain import PretrainConfig, pretrain
+from pathseqsam.pretrain.report import running_median, sha256_of
+from pathseqsam.pretrain.trainer import _samples, _to_tensors, plan_batch, run_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = 64
+# 3 iterations: a single-image batch, then video batches with box and mask prompts (seed 0)
+CFG = PretrainConfig(
+    iterations=3,
+    image_size=SIZE,
+    frames=2,
+    videos_per_batch=1,
+    images_per_batch=2,
+    objects=2,
+    corrections=1,
+    warmup=1,
+)
+ARGS = [
+    "--iterations", "3", "--image-size", str(SIZE), "--frames", "2", "--videos-per-batch", "1",
+    "--images-per-batch", "2", "--objects", "2", "--corrections", "1", "--warmup", "1", "--data-workers", "0",
+]  # fmt: skip
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_tiny_sam2", ROOT / "scripts" / "pretrain_tiny_sam2.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scripted_run(tmp_path_factory):
+    """The script, end to end, on a tiny setting."""
+    out = tmp_path_factory.mktemp("pretrain")
+    install = out / "shipped" / "tiny.pt"
+    assert (
+        _script().main([*ARGS, "--out", str(out / "run"), "--install", str(install), "--eval-every", "0"])
+        == 0
+    )
+    return out / "run", install
+
+
+def test_the_plan_covers_images_videos_and_every_prompt():
+    plans = [plan_batch(PretrainConfig(), i) for i in range(200)]
+    assert {p["frames"] for p in plans} == {1, 4}
+    assert {p["prompt"] for p in plans if p["frames"] == 1} == {"box", "click"}  # no mask prompts on images
+    assert {p["prompt"] for p in plans if p["frames"] == 4} == {"box", "click", "mask"}
+    assert [plan_batch(CFG, i)["frames"] for i in range(3)] == [1, 2, 2]
+
+
+def test_checkpoint_is_sam2_format_and_loads_like_an_official_one(scripted_run):
+    run, install = scripted_run
+    ckpt = run / "sam2_tiny_pretrained.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert list(state) == ["model"]
+    sam2 = instantiate_sam2("tiny", SIZE, pathseqsam_class=False)
+    assert set(state["model"]) == set(sam2.state_dict())  # SAM2's own key names, nothing else
+    # build_pathseqsam loads it exactly as an official checkpoint: only PathSeqSAM's new keys missing
+    net = build_pathseqsam(model="tiny", image_size=256, checkpoint=ckpt, lora_rank=8)
+    own = net.state_dict()
+    for key, value in state["model"].items():
+        name = (
+            key
+            if key in own
+            else key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        )
+        assert torch.equal(own[name], value), key
+    new = {k for k in own if "lora_" not in k and k not in state["model"] and ".base_layer." not in k}
+    assert new == set(PATHSEQSAM_NEW_KEYS)
+    # training changed the weights away from the seed's initialisation
+    torch.manual_seed(CFG.seed)
+    init = instantiate_sam2("tiny", SIZE, pathseqsam_class=False).state_dict()
+    assert any(not torch.equal(init[k], v) for k, v in state["model"].items())
+    # the installed copy and its record
+    assert sha256_of(install) == sha256_of(ckpt)
+    record = json.loads(install.with_suffix(".json").read_text())
+    assert record["sha256"] == sha256_of(ckpt) and record["bytes"] == ckpt.stat().st_size
+    assert record["command"].startswith("python scripts/pretrain_tiny_sam2.py --iterations 3")
+    assert record["config"] == CFG.as_dict()
+    assert [e["iteration"] for e in record["evaluations"]] == [3]
+    assert 0.0 <= record["evaluations"][0]["click_first"] <= 1.0
+    assert (run / "pretrain_curve.png").stat().st_size > 10_000
+    history = json.loads((run / "history.json").read_text())["history"]
+    assert [h["iteration"] for h in history] == [1, 2, 3]
+
+
+def test_same_seed_same_weights_even_interrupted_and_with_a_data_worker(scripted_run, tmp_path):
+    run, _ = scripted_run
+    lines = []
+    first = pretrain(CFG, tmp_path / "b", save_every=1, stop_after=2, progress=lines.append)
+    assert first["checkpoint"] is None and (tmp_path / "b" / "state.pt").is_file()
+    second = pretrain(CFG, tmp_path / "b", save_every=1, progress=lines.append, data_workers=1)
+    assert any(line.startswith("resuming") and "at iteration 2/3" in line for line in lines)
+    assert any("ETA" in line and line.startswith("iter 3/3") for line in lines)
+    a = torch.load(run / "sam2_tiny_pretrained.pt", weights_only=True)["model"]
+    b = torch.load(second["checkpoint"], weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history_a = json.loads((run / "history.json").read_text())["history"]
+    assert [h["loss"] for h in history_a] == [h["loss"] for h in second["history"]]
+
+
+def test_another_seed_other_weights_and_other_settings_refuse_the_state(scripted_run, tmp_path):
+    run, _ = scripted_run
+    other = pretrain(
+        PretrainConfig(**{**CFG.as_dict(), "seed": 1, "mpp_range": (0.5, 2.0)}),
+        tmp_path / "c",
+        progress=print,
+    )
+    a = torch.load(run / "sam2_tiny_pretrained.pt", weights_only=True)["model"]
+    c = torch.load(other["checkpoint"], weights_only=True)["model"]
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(
+        ValueError, match=r"state.pt was written by other settings .*use another output folder"
+    ):
+        pretrain(CFG, tmp_path / "c")
+
+
+def test_run_batch_propagates_and_rejects_unknown_prompts():
+    torch.manual_seed(0)
+    model = instantiate_sam2("tiny", SIZE, pathseqsam_class=False)
+    plan = {"frames": 3, "prompt": "mask", "keys": [(7, 0)]}
+    images, masks, video_of = _to_tensors(_samples(CFG, plan))
+    assert images.shape == (3, 3, SIZE, SIZE) and masks.shape == (3, 2, 1, SIZE, SIZE)
+    terms, preds = run_batch(model, images, masks, video_of, "mask")
+    assert len(preds) == 3 and preds[0].shape == (2, 1, SIZE, SIZE)
+    # the mask prompt is SAM2's conditioning frame output as is; later frames come from memory
+    assert torch.equal(preds[0] > 0, masks[0] > 0.5)
+    assert set(terms) == {"mask", "dice", "iou", "class", "total"}
+    with pytest.raises(ValueError, match="prompt must be 'mask', 'box' or 'click', got 'scribble'"):
+        run_batch(model, images, masks, video_of, "scribble")
+
+
+def test_running_median_ignores_spikes():
+    values = [1.0, 1.0, 1000.0, 1.0, 1.0]
+    assert list(running_median(values, 3)) == [1.0, 1.0, 1.0, 1.0, 1.0]
