@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.install:
         target = Path(args.install)
         atomic_write(target, lambda tmp: shutil.copyfile(checkpoint, tmp))
-        atomic_write_text(target.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
+        atomic_write_text(
+            target.with_suffix(".json"), json.dumps({**record, "file": target.name}, indent=1) + "\n"
+        )
         print(f"installed {target} and {target.with_suffix('.json')}")
     return 0
 

@@ -287,8 +287,9 @@ def _dice(logits: Tensor, target: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6) -> dict[str, float]:
-    """Dice of the prompted frame and of the propagated frames on held-out stacks (fixed keys
-    ``(-1, v)``, never trained on), prompted on the first frame by one click drawn uniformly in the object, and by its mask.
+    """Dice of the prompted frame and of the propagated frames on held-out stacks (keys
+    ``(2**31 - 1, v)``, never trained on), prompted on the first frame by one click drawn uniformly in the
+    object, and by its mask.
 
     Args:
         model: the SAM2 model (put back in its previous mode afterwards).
@@ -297,7 +298,7 @@ def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6)
 
     Returns:
         ``{"click_first", "click_propagated", "mask_propagated"}`` mean Dice over objects (propagated:
-        over frames 1..T-1, where the object is present or predicted).
+        over frames 1..T-1; a frame where the object has gone and nothing is predicted counts 1).
     """
     was_training = model.training
     model.eval()

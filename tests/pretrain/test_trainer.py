@@ -91,6 +91,7 @@ def test_checkpoint_is_sam2_format_and_loads_like_an_official_one(scripted_run):
     assert sha256_of(install) == sha256_of(ckpt)
     record = json.loads(install.with_suffix(".json").read_text())
     assert record["sha256"] == sha256_of(ckpt) and record["bytes"] == ckpt.stat().st_size
+    assert record["file"] == "tiny.pt"
     assert record["command"].startswith("python scripts/pretrain_tiny_sam2.py --iterations 3")
     assert record["config"] == CFG.as_dict()
     assert [e["iteration"] for e in record["evaluations"]] == [3]
