@@ -16,6 +16,7 @@ __all__ = [
     "PathSeqSAM",
     "__version__",
     "build_pathseqsam",
+    "config_flag",
     "export_sam2_checkpoint",
     "merge_lora",
 ]
@@ -25,6 +26,7 @@ SAM2_PIXEL_MEAN = (0.485, 0.456, 0.406)
 SAM2_PIXEL_STD = (0.229, 0.224, 0.225)
 
 _LAZY = {
+    "config_flag": "pathseqsam.config_values",
     "PathSeqSAM": "pathseqsam.modeling.network",
     "build_pathseqsam": "pathseqsam.modeling.build",
     "export_sam2_checkpoint": "pathseqsam.modeling.lora",
@@ -32,6 +34,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathseqsam.config_values import config_flag
     from pathseqsam.modeling.build import build_pathseqsam
     from pathseqsam.modeling.lora import export_sam2_checkpoint, merge_lora
     from pathseqsam.modeling.network import PathSeqSAM

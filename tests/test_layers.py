@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pathseqsam"
 
 LAYERS = {
     "atomic": 0,
+    "config_values": 0,
     "visualize": 0,
     "data": 1,
     "synthetic": 1,
