@@ -192,7 +192,10 @@ def mask_contours(mask: np.ndarray, region: SlideRegion, tolerance: float = 0.5)
     Returns:
         One closed polygon ``[[x, y], ...]`` per outline (level-0 pixel coordinates).
     """
-    from skimage.measure import approximate_polygon, find_contours
+    try:
+        from skimage.measure import approximate_polygon, find_contours
+    except ImportError as exc:  # pragma: no cover - the label extra (monailabel) installs scikit-image
+        raise ImportError("slide region outlines need scikit-image: pip install scikit-image") from exc
 
     padded = np.pad(np.asarray(mask, dtype=np.uint8), 1)  # objects touching the border stay closed
     out = []
