@@ -73,25 +73,26 @@ def slide_server(tmp_path_factory, demo_checkpoint) -> Iterator[Server]:
         yield srv
 
 
-def _region_png(srv: Server, tmp: Path) -> Path:
-    """The test region cut out of level 0 with tifffile (not OpenSlide), saved as a PNG."""
+def _region_png(srv: Server, tmp: Path, level: int = 0) -> Path:
+    """The test region cut out of ``level`` with tifffile (not OpenSlide), saved as a PNG."""
     import tifffile
     from PIL import Image
 
-    level0 = tifffile.imread(srv.studies / "slideD.tiff", key=0)
-    x, y = LOCATION
-    path = tmp / "region.png"
-    Image.fromarray(level0[y : y + SIZE0, x : x + SIZE0]).save(path)
+    pixels = tifffile.imread(srv.studies / "slideD.tiff", key=level)
+    ds = 2**level
+    x, y, size = LOCATION[0] // ds, LOCATION[1] // ds, SIZE0 // ds
+    path = tmp / f"region{level}.png"
+    Image.fromarray(pixels[y : y + size, x : x + size]).save(path)
     return path
 
 
-def _bundle_in_process(srv: Server, png: Path, prompts: dict | None = None) -> np.ndarray:
-    """The bundle's preprocessing, network and postprocessing (without its writer) on a 0.5 um/px PNG."""
+def _bundle_in_process(srv: Server, png: Path, prompts: dict | None = None, level: int = 0) -> np.ndarray:
+    """The bundle's preprocessing, network and postprocessing (without its writer) on a PNG of ``level``."""
     net, parser = _network(srv.bundle)
     post = parser.get("postprocessing")
     post["transforms"] = [t for t in post["transforms"] if t != "@writer"]
     parser.set(post, "postprocessing")
-    data = parser.get_parsed_content("preprocessing")({"image": [str(png)], "mpp_um": SLIDE_MPP})
+    data = parser.get_parsed_content("preprocessing")({"image": [str(png)], "mpp_um": SLIDE_MPP * 2**level})
     images, positions = data["image"][None], data["positions"][None]
     with torch.no_grad():
         if prompts is None:
@@ -193,3 +194,50 @@ def test_regions_outside_the_slide_or_over_the_budget_are_refused(slide_server):
     # the whole of the coarsest level is within the budget
     response = slide_server.post("/infer/pathseqsam", {"level": 2}, image="slideD", output="json")
     assert response.status_code == 200, response.text[:500]
+
+
+def test_clicks_and_box_in_level_0_pixels_on_a_level_1_region(slide_server, tmp_path):
+    """Item 3: prompts on a slide are in level-0 pixels whatever the region's level."""
+    half = SIZE0 // 2
+    body = {
+        "location": LOCATION,
+        "size": [half, half],
+        "level": 1,
+        "foreground": [[871, 990]],  # the centre of a glomerulus (level-0 pixels)
+        "background": [[700, 700]],
+        "roi": [760, 880, 980, 1100],
+    }
+    params, got = _infer(slide_server, body, tmp_path, model="pathseqsam_interactive")
+    assert got.shape == (half, half) and params["mode"] == "interactive" and params["prompted_slices"] == [0]
+    assert params["level"] == 1 and params["location"] == LOCATION
+    # the network sees the region at 2 um/px: level-0 pixel p is at (p - location) * 0.5 / 2
+    to_model = SLIDE_MPP / 2.0
+    x0, y0 = LOCATION
+    prompts = {
+        "point_coords": torch.tensor(
+            [
+                [
+                    [
+                        [(871 - x0) * to_model, (990 - y0) * to_model],
+                        [(700 - x0) * to_model, (700 - y0) * to_model],
+                    ]
+                ]
+            ]
+        ),
+        "point_labels": torch.tensor([[[1, 0]]]),
+        "boxes": torch.tensor(
+            [[[(760 - x0) * to_model, (880 - y0) * to_model, (980 - x0) * to_model, (1100 - y0) * to_model]]]
+        ),
+    }
+    expected = _bundle_in_process(slide_server, _region_png(slide_server, tmp_path, 1), prompts, level=1)[0]
+    assert (got != expected).mean() < 0.005
+    assert got.sum() > 0
+    _, auto = _infer(slide_server, {"location": LOCATION, "size": [half, half], "level": 1}, tmp_path)
+    assert (got != auto).mean() > 0.01  # the prompts changed the answer
+
+    outside = dict(body, foreground=[[100, 100]])  # inside the slide, outside the region
+    response = slide_server.post("/infer/pathseqsam_interactive", outside, image="slideD", output="json")
+    assert response.status_code == 400
+    assert response.json()["detail"] == (
+        "request 'foreground'[0] = [100, 100]: click lies outside the 768x768 px region"
+    )
