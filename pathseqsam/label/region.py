@@ -63,7 +63,7 @@ def request_region(request: Mapping[str, Any], height: int, width: int) -> Regio
     level = request.get("level")
     if level not in (None, 0, "0"):
         raise ValueError(
-            f"request 'level' {level!r} is not supported: regions are read at full resolution (0)"
+            f"request 'level' {level!r} is not supported: this image has one level (0); only pyramidal slides have more"
         )
     size = request.get("size")
     if size is None or (len(size) == 2 and not any(size)):
