@@ -7,7 +7,9 @@ the file changes, e.g. after training). From the bundle config it also takes ``p
 threshold 0.5; the file writer is left out). What it adds:
 
 * the request's image file becomes a sequence (:mod:`pathseqsam.label.sequence_io`) and, for
-  pathology requests, the region it names is cut out (:mod:`pathseqsam.label.region`);
+  pathology requests, the region it names is cut out (:mod:`pathseqsam.label.region`); a pyramidal
+  slide is never read whole: only the region of the requested level is
+  (:mod:`pathseqsam.label.slide_region`), and the answer gives its outlines in level-0 pixels;
 * automatic mode: the bundle's inferer with the slices' positions, every slice segmented;
 * interactive mode: clicks/boxes become prompts on their slices (:mod:`pathseqsam.label.prompts`),
   the whole-slice network runs from there in both directions
@@ -40,11 +42,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in the core environment's test
     raise ImportError(INSTALL_HINT) from exc
 
+from pathseqsam.data.transforms import LoadSequenced
 from pathseqsam.engine.writers import SaveSequencePredictiond
 from pathseqsam.label.prompts import request_prompts
 from pathseqsam.label.propagation import propagate_both_ways
 from pathseqsam.label.region import CropRegiond
 from pathseqsam.label.sequence_io import DEFAULT_MAX_PIXELS, SequenceItemd, mask_suffix, write_mask
+from pathseqsam.label.slide_region import SlideRegiond, is_pyramidal_slide, mask_contours
 
 __all__ = ["PathSeqSAMInferTask"]
 
@@ -122,9 +126,18 @@ class PathSeqSAMInferTask(BundleInferTask):
         return info
 
     def pre_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
+        bundle = list(super().pre_transforms(data))
+        if data is not None and is_pyramidal_slide(data.get("image", "")):
+            # only the requested region of one level is read; the bundle's loader resamples it
+            loaders = [t for t in bundle if isinstance(t, LoadSequenced)]
+            if len(loaders) != 1 or loaders[0].model_mpp_um is None:
+                raise RuntimeError(
+                    "the bundle's preprocessing needs one LoadSequenced with model_mpp_um to serve slide regions"
+                )
+            return [SlideRegiond(loaders[0].model_mpp_um, self.max_pixels), *bundle]
         return [
             SequenceItemd("image", z_spacing_um=self.z_spacing_um, max_pixels=self.max_pixels),
-            *super().pre_transforms(data),
+            *bundle,
             CropRegiond("image"),
         ]
 
@@ -146,8 +159,11 @@ class PathSeqSAMInferTask(BundleInferTask):
                     if native is not None
                     else (h, w)
                 )
+                region = data.get("region")
+                if data.get("slide_region") is not None:  # clicks on a slide are in level-0 pixels
+                    nat_h, nat_w = region.height, region.width
                 prompts, prompted = request_prompts(
-                    data, n, nat_h, nat_w, data.get("region"), scale=(w / nat_w, h / nat_h)
+                    data, n, nat_h, nat_w, region, scale=(w / nat_w, h / nat_h)
                 )
                 prompts = {k: v.to(device) for k, v in prompts.items()}
                 logits = propagate_both_ways(network, image, positions, prompts)
@@ -172,7 +188,17 @@ class PathSeqSAMInferTask(BundleInferTask):
             "foreground_fraction": [round(float(f), 6) for f in pred.mean(axis=(1, 2))],
             "prompted_slices": list(data.get("prompted_slices", [])),
         }
-        if region is not None:
+        slide = data.get("slide_region")
+        if slide is not None:  # location in level-0 pixels, size and mask at the requested level
+            result.update(
+                location=[slide.x, slide.y],
+                size=[slide.width, slide.height],
+                level=slide.level,
+                downsample=slide.downsample,
+                mpp_um=round(slide.mpp_um, 6),
+                contours=mask_contours(pred[0], slide),
+            )
+        elif region is not None:
             result.update(location=[region.x, region.y], size=[region.width, region.height])
         logger.info("PathSeqSAM %s: %d slices -> %s", result["mode"], result["slices"], path)
         return path, result

@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "INTERNAL_FIELDS",
     "MAX_CLICKS",
+    "MAX_LEVEL",
     "MAX_PIXEL_COORDINATE",
     "Option",
     "RequestRefused",
@@ -43,6 +44,9 @@ MAX_CLICKS = 256
 
 MAX_PIXEL_COORDINATE = 1_000_000
 """Largest pixel coordinate or region size accepted (a 1-megapixel-wide image); larger is refused."""
+
+MAX_LEVEL = 32
+"""Largest pyramid level a request may name (each slide is checked for its own levels)."""
 
 INTERNAL_FIELDS = ("slice_index", "positions_um", "positions", "degraded", "image", "label", "case")
 """Keys the loaders read from a datalist item: set by the server from the datastore, never by a request."""
@@ -300,7 +304,8 @@ def infer_options(interactive: bool, devices: Sequence[str] | None = None) -> di
 
     Returns:
         ``{name: Option}``: ``device``; the pathology region ``location``, ``size`` (pairs of whole
-        pixels) and ``level`` (0 only); for the interactive task also ``foreground``, ``background``
+        pixels), ``level`` (0 for stacks and patches; any level a pyramidal slide has) and
+        ``tile_size`` (accepted from pathology clients; a region is segmented in one piece); for the interactive task also ``foreground``, ``background``
         (at most :data:`MAX_CLICKS` clicks together), ``roi`` and ``slice``.
     """
     devices = tuple(devices) if devices is not None else device_choices()
@@ -309,7 +314,24 @@ def infer_options(interactive: bool, devices: Sequence[str] | None = None) -> di
         _device_option(devices),
         Option("location", "pair", [0, 0], low=0, high=limit, help="region top-left [x, y]", advertise=False),
         Option("size", "pair", [0, 0], low=0, high=limit, help="region [width, height]", advertise=False),
-        Option("level", "int", 0, low=0, high=0, help="resolution level (0 only)", advertise=False),
+        Option(
+            "level",
+            "int",
+            0,
+            low=0,
+            high=MAX_LEVEL,
+            help="pyramid level of a slide region (size in its pixels, location in level 0's); 0 for other images",
+            advertise=False,
+        ),
+        Option(
+            "tile_size",
+            "pair",
+            [1024, 1024],
+            low=1,
+            high=limit,
+            help="client's tile size; a region is segmented in one piece (the bundle's sliding window)",
+            advertise=False,
+        ),
     ]
     if interactive:
         options += [

@@ -4,8 +4,9 @@ Pathology clients (QuPath, Digital Slide Archive) send ``location`` ``[x, y]`` (
 pixel) and ``size`` ``[width, height]``, and their clicks and boxes in pixels of the WHOLE image.
 The region is cut out of every slice, the model sees only that region, clicks are shifted into it,
 and the returned mask covers the region (its ``location`` and ``size`` are echoed in the result).
-Only full-resolution pixels are addressed (``level`` 0): images are read whole, so this suits
-patches and stacks, not pyramidal whole-slide images.
+Here only full-resolution pixels are addressed (``level`` 0): patches and stacks are read whole.
+Pyramidal whole-slide images take the other path, :mod:`pathseqsam.label.slide_region`, which reads
+only the region, at any level.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def request_region(request: Mapping[str, Any], height: int, width: int) -> Regio
     level = request.get("level")
     if level not in (None, 0, "0"):
         raise ValueError(
-            f"request 'level' {level!r} is not supported: regions are read at full resolution (0)"
+            f"request 'level' {level!r} is not supported: this image has one level (0); only pyramidal slides have more"
         )
     size = request.get("size")
     if size is None or (len(size) == 2 and not any(size)):

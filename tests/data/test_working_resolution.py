@@ -127,3 +127,17 @@ def test_standard_chain_at_the_working_resolution(tmp_path):
     val = sequence_transforms(16, train=False, model_mpp_um=2.0)(item)
     assert val["image"].shape == (3, 2, 32, 32)  # whole slices at 2 um/px
     np.testing.assert_array_equal(val["label"][0].numpy() > 0.5, np.stack(masks))  # label on the input grid
+
+
+def test_a_slice_in_memory_loads_as_its_png_does(tmp_path):
+    """A region already read (a slide region, RGB uint8 [H, W, 3]) loads exactly as the same pixels from a file."""
+    item, _ = _slices(tmp_path, n=1)
+    pixels = np.asarray(Image.open(item["image"][0]))
+    load = LoadSequenced("image", model_mpp_um=2.0)
+    from_file = load({"image": item["image"], "mpp_um": 1.0})
+    in_memory = load({"image": [pixels], "mpp_um": 1.0, "case": "region"})
+    assert torch.equal(in_memory["image"], from_file["image"])
+    assert in_memory["original_size"].tolist() == [[64, 64]]
+    assert in_memory["slice_names"] == ["case 'region'#0"]
+    with pytest.raises(SequenceDataError, match="case 'region': no pixel size"):
+        load({"image": [pixels], "case": "region"})  # an array carries no metadata

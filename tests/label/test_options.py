@@ -106,7 +106,9 @@ def test_unknown_and_internal_keys_are_dropped_and_logged(interactive, caplog):
         ({"slice": -1}, r"out of range"),
         ({"size": [-5, 4]}, r"'size' = \[-5, 4\]: out of range"),
         ({"location": [1, 2, 3]}, r"two whole numbers"),
-        ({"level": 1}, r"'level' = 1: out of range \(0 <= level <= 0\)"),
+        ({"level": 33}, r"'level' = 33: out of range \(0 <= level <= 32\)"),
+        ({"level": 1.5}, r"'level' = 1.5: expected an integer .*got a fraction"),
+        ({"tile_size": [0, 512]}, r"'tile_size' = \[0, 512\]: out of range"),
     ],
 )
 def test_wrong_infer_values_are_refused(interactive, body, message):
@@ -121,7 +123,7 @@ def test_request_must_be_an_object(train):
 
 def test_automatic_task_has_no_prompt_options():
     auto = infer_options(False, devices=DEVICES)
-    assert set(auto) == {"device", "location", "size", "level"}
+    assert set(auto) == {"device", "location", "size", "level", "tile_size"}
     assert clean_request({"foreground": [[1, 2]]}, auto) == {}
 
 

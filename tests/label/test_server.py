@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -137,20 +138,10 @@ def _studies(tmp: Path) -> Path:
     return studies
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("label_server")
-    studies = _studies(tmp)
-    bundle = tmp / "bundle"
-    shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
-    _tiny_checkpoint(bundle)
+@contextmanager
+def launch(tmp: Path, studies: Path, bundle: Path, conf: dict[str, str]) -> Iterator[Server]:
+    """A MONAI Label server on 127.0.0.1 serving the app with ``--conf`` ``conf``; stopped on exit."""
     port = _free_port()
-    conf = {
-        "models": "pathseqsam",
-        "bundle": str(bundle),
-        "mpp_um": "2.0",  # patchC.png carries no pixel size: 256 um over 128 px, as the stacks
-        **{f"bundle.{k}": json.dumps(v) for k, v in OVERRIDES.items()},
-    }
     # What the `monailabel` script execs, minus the script's PYTHONPATH=<the venv's parent folder>,
     # which would import the package of whichever checkout holds the venv instead of this one.
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP)]
@@ -195,6 +186,29 @@ def server(tmp_path_factory) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
+
+
+def tiny_bundle(tmp: Path) -> Path:
+    """A copy of the bundle's configs with the seeded tiny checkpoint."""
+    bundle = tmp / "bundle"
+    shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
+    _tiny_checkpoint(bundle)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("label_server")
+    studies = _studies(tmp)
+    bundle = tiny_bundle(tmp)
+    conf = {
+        "models": "pathseqsam",
+        "bundle": str(bundle),
+        "mpp_um": "2.0",  # patchC.png carries no pixel size: 256 um over 128 px, as the stacks
+        **{f"bundle.{k}": json.dumps(v) for k, v in OVERRIDES.items()},
+    }
+    with launch(tmp, studies, bundle, conf) as srv:
+        yield srv
 
 
 def _parts(response: requests.Response) -> tuple[dict[str, Any], str, bytes]:
@@ -309,6 +323,7 @@ def test_info_lists_models_trainer_and_datastore(server):
         "location",
         "size",
         "level",
+        "tile_size",
         "foreground",
         "background",
         "roi",

@@ -218,7 +218,8 @@ class LoadSequenced(MapTransform):
     """Decode a sequence into ``image [3, N, H, W]`` (RGB in [0, 1]) and ``label [1, N, H, W]`` ({0, 1}).
 
     ``keys[0]`` is the image key; any further keys are masks. Each value is a list of slice files or
-    one stack file. Grayscale, RGBA and 16-bit inputs are converted and masks binarised as described in
+    one stack file; a list entry may also be a slice already in memory (a ``numpy`` array, e.g. a
+    region read from a whole-slide image), which carries no metadata: give the item's ``mpp_um``. Grayscale, RGBA and 16-bit inputs are converted and masks binarised as described in
     :mod:`pathseqsam.data.image_io`.
 
     With ``model_mpp_um`` (the bundle's setting) every slice is resampled right after decoding by
@@ -317,11 +318,15 @@ class LoadSequenced(MapTransform):
         elif isinstance(value, (list, tuple)) and value:
             slices = []
             for p in value:
+                if isinstance(p, np.ndarray):  # a slice already in memory (a region of a slide)
+                    slices.append((p, (int(p.shape[0]), int(p.shape[1]))))
+                    continue
                 # JPEGs decode at a reduced scale when the target is known from the header
                 target = self._target(read_image_size(p), scale) if scale is not None else self.spatial_size
                 slices.append(read_slice(p, target))
-            names = [Path(p).name for p in value]
-            sources = [str(p) for p in value]
+            in_memory = [isinstance(p, np.ndarray) for p in value]
+            names = [f"{where}#{i}" if m else Path(p).name for i, (p, m) in enumerate(zip(value, in_memory))]
+            sources = [n if m else str(p) for p, n, m in zip(value, names, in_memory)]
         else:
             raise SequenceDataError(
                 f"{where}: expected a stack path or a non-empty list of slice paths, got {value!r}"
@@ -370,6 +375,7 @@ class LoadSequenced(MapTransform):
         scale = None
         if self.model_mpp_um is not None:
             first = image_value[0] if isinstance(image_value, (list, tuple)) and image_value else image_value
+            first = None if isinstance(first, np.ndarray) else first  # in memory: no metadata
             mpp, _ = resolve_mpp_um(d.get("mpp_um"), first, self.mpp_um, where)
             d["mpp_um"] = mpp
             scale = mpp / self.model_mpp_um

@@ -7,7 +7,8 @@ Start it from the repository root (in the environment with the ``label`` extra):
 Tasks, for model name ``pathseqsam`` (the ``models`` setting):
 
 * infer ``pathseqsam``: automatic segmentation of every slice of an image (multi-page TIFF, NIfTI, or
-  a 2D patch = a sequence of one slice);
+  a 2D patch = a sequence of one slice), or of a region (``location`` in level-0 pixels, ``size`` and
+  ``level``) of a pyramidal whole-slide image, read region by region (:mod:`pathseqsam.label.slide_region`);
 * infer ``pathseqsam_interactive``: foreground/background clicks and/or a box on some slices,
   propagated through the sequence in both directions;
 * train ``pathseqsam``: fine-tune the bundle on the datastore's labels.
@@ -61,7 +62,11 @@ from pathseqsam.label.train import PathSeqSAMTrainTask
 logger = logging.getLogger(__name__)
 
 # MONAI Label's defaults plus the other spellings of TIFF stacks and JPEG patches
-EXTENSIONS = [*settings.MONAI_LABEL_DATASTORE_FILE_EXT, "*.tiff", "*.ome.tif", "*.ome.tiff", "*.jpeg"]
+EXTENSIONS = [
+    *settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+    *("*.tiff", "*.ome.tif", "*.ome.tiff", "*.jpeg"),
+    *("*.ndpi", "*.scn"),  # whole-slide formats OpenSlide reads (regions only)
+]
 
 
 class PathSeqSAMApp(MONAILabelApp):
