@@ -196,41 +196,8 @@ class PathSeqSAM(SAM2Base):
         """
         images, _ = self._as_sequence(images)
         bsz, _, n, h, w = images.shape
-        pos = self._as_positions(positions, bsz, n, images.device)
         slice_prompts = self._as_prompts(prompts, bsz, n, h, w, images.device)
-        bank = MemoryBank(self.memory_pool_size)
-        state = {"adj_sum": images.new_zeros(bsz), "adj_count": 0, "prev_desc": None}
-        resize = (h, w) != (self.image_size, self.image_size)
-        for c0 in range(0, n, self.encoder_chunk):
-            c1 = min(n, c0 + self.encoder_chunk)
-            chunk = images[:, :, c0:c1].transpose(1, 2).reshape(bsz * (c1 - c0), 3, h, w)
-            if resize:
-                chunk = F.interpolate(
-                    chunk, size=(self.image_size,) * 2, mode="bilinear", align_corners=False
-                )
-            _, feats, vpos, feat_sizes = self._prepare_backbone_features(self.forward_image(chunk))
-            for i in range(c1 - c0):
-                # [HW, B*n, C] -> this slice's [HW, B, C]
-                feats_t = [x.unflatten(1, (bsz, c1 - c0))[:, :, i].contiguous() for x in feats]
-                vpos_t = [x.unflatten(1, (bsz, c1 - c0))[:, :, i].contiguous() for x in vpos]
-                step = self._segment_slice(
-                    c0 + i,
-                    n,
-                    feats_t,
-                    vpos_t,
-                    feat_sizes,
-                    slice_prompts[c0 + i],
-                    bank,
-                    pos,
-                    state,
-                    return_aux,
-                )
-                if resize:
-                    step["logits"] = F.interpolate(
-                        step["logits"], size=(h, w), mode="bilinear", align_corners=False
-                    )
-                yield step
-            del feats, vpos
+        yield from self._segment_chunks([images], positions, n, slice_prompts, return_aux)
 
     def iter_slice_stream(
         self,
@@ -261,6 +228,19 @@ class PathSeqSAM(SAM2Base):
         n = int(num_slices)
         if n < 1:
             raise ValueError(f"num_slices must be >= 1, got {num_slices}")
+        yield from self._segment_chunks(chunks, positions, n, None, return_aux)
+
+    def _segment_chunks(
+        self,
+        chunks: Iterable[Tensor],
+        positions: Tensor | None,
+        n: int,
+        slice_prompts: list[Any] | None,
+        return_aux: bool,
+    ) -> Iterator[dict[str, Tensor]]:
+        """The slice loop of :meth:`iter_slices` and :meth:`iter_slice_stream`: encode each chunk
+        (``encoder_chunk`` slices per image-encoder call) and segment its slices in order, with one
+        memory bank across chunks; ``slice_prompts`` holds one entry per slice (None: prompt-free)."""
         bank = MemoryBank(self.memory_pool_size)
         state: dict[str, Any] = {"adj_count": 0, "prev_desc": None}
         pos: Tensor | None = None
@@ -286,7 +266,16 @@ class PathSeqSAM(SAM2Base):
                     feats_t = [x.unflatten(1, (bsz, c1 - c0))[:, :, i].contiguous() for x in feats]
                     vpos_t = [x.unflatten(1, (bsz, c1 - c0))[:, :, i].contiguous() for x in vpos]
                     step = self._segment_slice(
-                        t, n, feats_t, vpos_t, feat_sizes, None, bank, pos, state, return_aux
+                        t,
+                        n,
+                        feats_t,
+                        vpos_t,
+                        feat_sizes,
+                        None if slice_prompts is None else slice_prompts[t],
+                        bank,
+                        pos,
+                        state,
+                        return_aux,
                     )
                     if resize:
                         step["logits"] = F.interpolate(
