@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.torchrun import torchrun_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
@@ -43,41 +42,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def _torchrun(workdir: Path, run_id: str, configs: list[str], **overrides) -> dict[int, str]:
     """Run ``torchrun ... -m monai.bundle run`` with 2 processes; return each rank's output."""
-    logs = workdir / "torchrun_logs"
-    cmd = [
-        str(Path(sys.executable).with_name("torchrun")),
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "--log-dir",
-        str(logs),
-        "--redirects",
-        "3",
-        "-m",
-        "monai.bundle",
-        "run",
-        run_id,
-        "--config_file",
-        str(configs),
-        "--meta_file",
-        META,
-        "--logging_file",
-        LOGGING,
-    ]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    outputs = {}
-    for rank in (0, 1):
-        files = sorted(logs.glob(f"**/attempt_0/{rank}/std*.log"))
-        outputs[rank] = "\n".join(f.read_text(errors="replace") for f in files)
-    assert proc.returncode == 0, (
-        f"torchrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}\nrank 0:\n{outputs[0][-4000:]}"
-        f"\nrank 1:\n{outputs[1][-4000:]}"
-    )
-    return outputs
+    return torchrun_bundle(workdir / "torchrun_logs", configs, run_id, timeout=TIMEOUT_S, **overrides)
 
 
 def _common(root: Path, dataset: Path) -> dict:

@@ -15,6 +15,8 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from tests.torchrun import torchrun_bundle
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
 META = str(CONFIGS / "metadata.json")
@@ -159,39 +161,15 @@ def test_torchrun_shards_slides_over_ranks(tmp_path, slide_files, tiny_checkpoin
         shutil.copy(slide_files["svs"], folder / f"{name}.svs")
     out, logs = tmp_path / "out", tmp_path / "logs"
     configs = [str(CONFIGS / "inference_wsi.json"), str(CONFIGS / "multi_gpu_inference_wsi.json")]
-    cmd = [
-        str(Path(sys.executable).with_name("torchrun")),
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "--log-dir",
-        str(logs),
-        "--redirects",
-        "3",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(configs),
-        "--meta_file",
-        META,
-        "--logging_file",
-        LOGGING,
-        "--slides",
-        str(folder),
-        "--output_dir",
-        str(out),
-        "--ckpt_path",
-        str(tiny_checkpoint(8.0)),
-        "--model_mpp_um",
-        "8.0",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    ranks = {
-        r: "\n".join(f.read_text(errors="replace") for f in sorted(logs.glob(f"**/attempt_0/{r}/std*.log")))
-        for r in (0, 1)
-    }
-    assert proc.returncode == 0, f"{proc.stderr[-2000:]}\n{ranks[0][-2000:]}\n{ranks[1][-2000:]}"
+    ranks = torchrun_bundle(
+        logs,
+        configs,
+        timeout=600,
+        slides=folder,
+        output_dir=out,
+        ckpt_path=tiny_checkpoint(8.0),
+        model_mpp_um=8.0,
+    )
     assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c"]
     # rank 0 took slides 0 and 2, rank 1 slide 1 (every world-th slide)
     assert "this process: 2 of them, rank 0 of 2" in ranks[0]
