@@ -38,6 +38,7 @@ __all__ = [
     "check_mpp_um",
     "read_pixel_size_um",
     "resolve_mpp_um",
+    "tiff_tag_mpp",
 ]
 
 MPP_HINT = (
@@ -102,7 +103,20 @@ def _ome_mpp(xml: str) -> float | None:
     return None if factor is None else float(pixels.get("PhysicalSizeX")) * factor
 
 
-def _tag_mpp(page: Any, imagej_unit: Any) -> float | None:
+def tiff_tag_mpp(page: Any, imagej_unit: Any = None) -> float | None:
+    """Micrometres per pixel from a TIFF page's resolution tags, or None when they say nothing.
+
+    Inch, centimetre, millimetre and micrometre units count; unitless tags count only with ImageJ's
+    own ``unit``; 72 and 96 pixels per inch (writers' defaults) count as missing. The one reader of
+    resolution tags for stacks, 2D images and whole slides.
+
+    Args:
+        page: a ``tifffile.TiffPage``.
+        imagej_unit: the unit from ImageJ metadata, if any.
+
+    Returns:
+        The pixel size in um, or None.
+    """
     try:
         xres = float(page.get_resolution()[0])
         unit = int(page.resolutionunit)
@@ -131,7 +145,7 @@ def _tiff_mpp(path: Path) -> tuple[float | None, str]:
         if match:
             return float(match.group(1)), "Aperio MPP"
         ij_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
-        mpp = _tag_mpp(page, ij_unit)
+        mpp = tiff_tag_mpp(page, ij_unit)
         return mpp, "TIFF resolution tags"
 
 

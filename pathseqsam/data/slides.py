@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from pathseqsam.data.errors import SequenceDataError
+from pathseqsam.data.resolution import tiff_tag_mpp
 
 __all__ = [
     "Slide",
@@ -268,7 +269,7 @@ class TiffSegmentSlide(Slide):
             SlideLevel(int(p.imagewidth), int(p.imagelength), page0.imagewidth / p.imagewidth)
             for p in self._pages
         ]
-        super().__init__(path, levels, _choose_mpp(path, _tiff_mpp(page0), mpp_um, require_mpp))
+        super().__init__(path, levels, _choose_mpp(path, tiff_tag_mpp(page0), mpp_um, require_mpp))
 
     def read_level_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         page = self._pages[level]
@@ -319,20 +320,6 @@ def _as_rgb8(seg: np.ndarray, path: Path) -> np.ndarray:
     if seg.shape[-1] == 1:
         seg = np.repeat(seg, 3, axis=-1)
     return seg[..., :3]
-
-
-def _tiff_mpp(page) -> float | None:
-    """Microns per pixel from a TIFF page's resolution tags (centimetre or inch unit), or None."""
-    tags = page.tags
-    if "XResolution" not in tags or "ResolutionUnit" not in tags:
-        return None
-    num, den = tags["XResolution"].value
-    unit = int(tags["ResolutionUnit"].value)
-    if not num or not den:
-        return None
-    per_unit = num / den  # pixels per unit
-    um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit)  # 2 inch, 3 centimetre; 1 "none" has no size
-    return None if um_per_unit is None or per_unit <= 0 else um_per_unit / per_unit
 
 
 def _choose_mpp(path: Path, found: float | None, given: float | None, required: bool = True) -> float:

@@ -102,6 +102,13 @@ def test_missing_mpp_needs_mpp_um(tmp_path):
         open_slide(path)
     with open_slide(path, mpp_um=0.25) as slide:
         assert slide.mpp_um == 0.25
+    # 72 pixels per inch is a writer's default, not a pixel size (352.8 um/px otherwise)
+    dpi72 = tmp_path / "dpi72.tif"
+    tifffile.imwrite(
+        dpi72, _rgb(300, 300), tile=(128, 128), photometric="rgb", resolution=(72, 72), resolutionunit="INCH"
+    )
+    with pytest.raises(SlideError, match=r"dpi72\.tif: no microns per pixel.*pass mpp_um"):
+        TiffSegmentSlide(dpi72)
     with pytest.raises(SlideError, match=r"nompp\.tif: mpp_um must be a positive number"):
         open_slide(path, mpp_um=-1)
 
