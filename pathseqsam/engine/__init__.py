@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathseqsam.engine.budget import WallTimeBudget
 from pathseqsam.engine.datalist_setup import InferenceInputs, inference_inputs, prepare_datalist
-from pathseqsam.engine.distributed import ShardRecorder, handlers_for_rank
+from pathseqsam.engine.distributed import ShardRecorder, end_process_group, handlers_for_rank
 from pathseqsam.engine.handlers import (
     AtomicCheckpointSaver,
     NaNLossGuard,
@@ -35,6 +35,7 @@ __all__ = [
     "TrainingCurves",
     "ValidationSummary",
     "WallTimeBudget",
+    "end_process_group",
     "handlers_for_rank",
     "inference_inputs",
     "latest_checkpoint",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from pathseqsam.engine import (
     WallTimeBudget,
     handlers_for_rank,
 )
-from pathseqsam.engine.distributed import any_rank, gather_lists
+from pathseqsam.engine.distributed import any_rank, end_process_group, gather_lists
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,9 +138,15 @@ def _rank_worker(rank: int, store: str, out: str) -> None:
         budget.attach(engine)
         engine.run(range(5), max_epochs=4)
         result.update(iteration=engine.state.iteration, epoch=engine.state.epoch, expired=budget.expired)
+        if rank == 0:
+            time.sleep(1.0)  # rank 0 still busy (writing reports) while rank 1 reaches the end
+        end_process_group()  # the bundle's finalize: leaves in step, then tears the group down
+        result["initialized_after_end"] = dist.is_initialized()
+        end_process_group()  # a second call (or one outside a group) does nothing
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_collective_helpers_and_time_budget_agree_across_ranks(tmp_path):
@@ -162,3 +169,4 @@ def test_collective_helpers_and_time_budget_agree_across_ranks(tmp_path):
         assert result["gathered"] == ["r0", "r1", "r1"]  # rank order
         # both stopped together, at the iteration where rank 0's time ran out
         assert (result["iteration"], result["epoch"], result["expired"]) == (3, 1, True)
+        assert result["initialized_after_end"] is False
