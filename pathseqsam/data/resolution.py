@@ -34,11 +34,13 @@ from typing import Any
 from pathseqsam.data.errors import SequenceDataError
 
 __all__ = [
+    "LENGTH_UNIT_UM",
     "MPP_HINT",
     "check_mpp_um",
     "read_pixel_size_um",
     "resolve_mpp_um",
     "tiff_tag_mpp",
+    "tiff_tag_spacing_um",
 ]
 
 MPP_HINT = (
@@ -47,18 +49,22 @@ MPP_HINT = (
     "the file (OME PhysicalSizeX, TIFF resolution tags in cm/inch, NIfTI pixdim with units)"
 )
 
-_UNIT_UM = {
+# Length units in file metadata (OME, ImageJ, NIfTI) -> micrometres; the one table for stacks and images.
+LENGTH_UNIT_UM = {
     "um": 1.0,
     "µm": 1.0,
-    "\u03bcm": 1.0,
+    "\u03bcm": 1.0,  # Greek mu instead of the micro sign
+    "\\u00b5m": 1.0,  # an escaped micro sign written literally by some writers
     "micron": 1.0,
     "microns": 1.0,
     "micrometer": 1.0,
     "micrometre": 1.0,
     "nm": 1e-3,
     "mm": 1e3,
+    "millimeter": 1e3,
     "cm": 1e4,
     "m": 1e6,
+    "meter": 1e6,
 }
 # TIFF ResolutionUnit -> micrometres per unit (4 and 5 are tifffile's millimetre and micrometre).
 _TIFF_UNIT_UM = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
@@ -99,12 +105,12 @@ def _ome_mpp(xml: str) -> float | None:
     pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
     if pixels is None or pixels.get("PhysicalSizeX") is None:
         return None
-    factor = _UNIT_UM.get(str(pixels.get("PhysicalSizeXUnit", "µm")).strip().lower())
+    factor = LENGTH_UNIT_UM.get(str(pixels.get("PhysicalSizeXUnit", "µm")).strip().lower())
     return None if factor is None else float(pixels.get("PhysicalSizeX")) * factor
 
 
-def tiff_tag_mpp(page: Any, imagej_unit: Any = None) -> float | None:
-    """Micrometres per pixel from a TIFF page's resolution tags, or None when they say nothing.
+def tiff_tag_spacing_um(page: Any, imagej_unit: Any = None) -> tuple[float, float] | None:
+    """Pixel size (y, x) in um from a TIFF page's resolution tags, or None when they say nothing.
 
     Inch, centimetre, millimetre and micrometre units count; unitless tags count only with ImageJ's
     own ``unit``; 72 and 96 pixels per inch (writers' defaults) count as missing. The one reader of
@@ -115,21 +121,35 @@ def tiff_tag_mpp(page: Any, imagej_unit: Any = None) -> float | None:
         imagej_unit: the unit from ImageJ metadata, if any.
 
     Returns:
-        The pixel size in um, or None.
+        ``(y, x)`` micrometres per pixel, or None.
     """
     try:
-        xres = float(page.get_resolution()[0])
+        xres, yres = (float(v) for v in page.get_resolution())
         unit = int(page.resolutionunit)
     except Exception:
         return None
     per_unit = _TIFF_UNIT_UM.get(unit)
     if per_unit is None and unit == 1 and imagej_unit is not None:  # ImageJ keeps its unit apart
-        per_unit = _UNIT_UM.get(str(imagej_unit).strip().lower())
-    if per_unit is None or not xres > 0:
+        per_unit = LENGTH_UNIT_UM.get(str(imagej_unit).strip().lower())
+    if per_unit is None or not (xres > 0 and yres > 0):
         return None
     if any(abs(xres * 25400.0 / per_unit - dpi) < 0.5 for dpi in _DEFAULT_DPI):
         return None  # 72 or 96 dpi: a writer's default, not a pixel size
-    return per_unit / xres
+    return per_unit / yres, per_unit / xres
+
+
+def tiff_tag_mpp(page: Any, imagej_unit: Any = None) -> float | None:
+    """Micrometres per pixel along x from a TIFF page's resolution tags (:func:`tiff_tag_spacing_um`).
+
+    Args:
+        page: a ``tifffile.TiffPage``.
+        imagej_unit: the unit from ImageJ metadata, if any.
+
+    Returns:
+        The pixel size in um, or None.
+    """
+    spacing = tiff_tag_spacing_um(page, imagej_unit)
+    return None if spacing is None else spacing[1]
 
 
 def _tiff_mpp(path: Path) -> tuple[float | None, str]:

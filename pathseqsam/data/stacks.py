@@ -36,6 +36,7 @@ import tifffile
 from pathseqsam.atomic import atomic_write
 from pathseqsam.data.datalist import validate_positions
 from pathseqsam.data.errors import SequenceDataError
+from pathseqsam.data.resolution import LENGTH_UNIT_UM, tiff_tag_spacing_um
 
 __all__ = [
     "NIFTI_POSITIONS_ECODE",
@@ -51,22 +52,6 @@ __all__ = [
 ]
 
 NIFTI_POSITIONS_ECODE = 6  # NIFTI_ECODE_COMMENT: free text, here JSON
-_UNIT_TO_UM = {
-    "um": 1.0,
-    "µm": 1.0,
-    "\u03bcm": 1.0,  # Greek mu instead of the micro sign
-    "micron": 1.0,
-    "microns": 1.0,
-    "micrometer": 1.0,
-    "micrometre": 1.0,
-    "\\u00b5m": 1.0,
-    "nm": 1e-3,
-    "mm": 1e3,
-    "millimeter": 1e3,
-    "cm": 1e4,
-    "m": 1e6,
-    "meter": 1e6,
-}
 
 
 @dataclass(frozen=True)
@@ -108,9 +93,9 @@ def is_nifti_path(path: str | os.PathLike) -> bool:
 
 def _unit_factor(unit: Any, path: Path, field: str) -> float:
     key = str(unit).strip().lower() if unit is not None else "um"
-    if key not in _UNIT_TO_UM:
+    if key not in LENGTH_UNIT_UM:
         raise SequenceDataError(f"{path}: unknown length unit {unit!r} in {field}; expected um, nm, mm, ...")
-    return _UNIT_TO_UM[key]
+    return LENGTH_UNIT_UM[key]
 
 
 def _no_spacing(path: Path, looked: str) -> SequenceDataError:
@@ -163,24 +148,6 @@ def _ome_z(path: Path, xml: str, n: int) -> tuple[tuple[float, ...] | None, str]
     return None, ""
 
 
-def _resolution_um(page: Any, imagej_unit_um: float | None) -> tuple[float, float] | None:
-    """In-plane pixel size (y, x) in um from the TIFF resolution tags, or None.
-
-    ImageJ writes ResolutionUnit NONE and keeps the unit in its own metadata, hence ``imagej_unit_um``.
-    """
-    try:
-        xres, yres = (float(v) for v in page.get_resolution())
-        unit = int(page.resolutionunit)
-    except Exception:
-        return None
-    per_unit_um = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(unit)  # inch, cm, mm, um
-    if per_unit_um is None and unit == 1:
-        per_unit_um = imagej_unit_um
-    if per_unit_um is None or not (xres > 0 and yres > 0):
-        return None
-    return per_unit_um / yres, per_unit_um / xres
-
-
 def _probe_tiff(path: Path, z_spacing_um: float | None, assume_isotropic: bool) -> StackInfo:
 
     try:
@@ -196,7 +163,7 @@ def _probe_tiff(path: Path, z_spacing_um: float | None, assume_isotropic: bool) 
                 if ij_unit is None or str(ij_unit).lower() == "pixel"
                 else _unit_factor(ij_unit, path, "ImageJ unit")
             )
-            xy = _resolution_um(page, ij_factor)
+            xy = tiff_tag_spacing_um(page, None if ij_factor is None else ij_unit)
     except SequenceDataError:
         raise
     except Exception as exc:

@@ -77,6 +77,22 @@ def test_tiff_without_spacing(tmp_path, volume):
         stack_item(path)
 
 
+@pytest.mark.parametrize("dpi", [72.0, 96.0])
+def test_tiff_writer_default_dpi_is_no_pixel_size(tmp_path, volume, dpi):
+    """72/96 pixels per inch is what writers put in by default (352.8 / 264.6 um/px taken at face
+    value); it counts as missing, as in the 2D and whole-slide readers, and never becomes a z-spacing."""
+    path = tmp_path / "dpi.tif"
+    tifffile.imwrite(path, volume, photometric="rgb", resolution=(dpi, dpi), resolutionunit="INCH")
+    with pytest.raises(SequenceDataError, match=r"dpi\.tif: stack has no z-spacing"):
+        probe_stack(path, assume_isotropic=True)
+    assert probe_stack(path, z_spacing_um=3.0).xy_spacing_um is None
+    measured = tmp_path / "measured.tif"  # 50,800 px per inch = 0.5 um/px: a real measurement
+    tifffile.imwrite(
+        measured, volume, photometric="rgb", resolution=(50800.0, 25400.0), resolutionunit="INCH"
+    )
+    np.testing.assert_allclose(probe_stack(measured, z_spacing_um=3.0).xy_spacing_um, (1.0, 0.5))
+
+
 def test_nifti_header_units_and_unknown_units(tmp_path):
     data = np.zeros((32, 24, 3), np.uint16)  # [x, y, z]
     data[5, 7, 1] = 1000
