@@ -368,3 +368,47 @@ def test_wsi_tile_cap_answers_413(wsi_server):
     ):
         jobs.run(Untouchable, "cpu", wsi_server.studies / "slideW.tiff", "slideW", {})
     assert jobs.status() == {"running": False} and not jobs.lock.locked()
+
+
+def test_training_round_trip_on_a_slide_region_label(wsi_server):
+    """Item 4: an ASAP XML label saved on a region of the slide fine-tunes the served model.
+
+    Runs last in this module: it may publish new weights.
+    """
+    from tests.label.test_slide_patches import asap_xml, circle
+
+    srv = wsi_server
+    x0, y0, side = CENTRE - 700, CENTRE - 700, 1400  # level-0 px: 700 um, 350 px at 2 um/px
+    polygons = [("Region", [(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side)])]
+    polygons += [("glomerulus", circle(CENTRE, CENTRE, BORDER_RADIUS))]
+    polygons += [("glomerulus", circle(CENTRE + dx, CENTRE + dy, r)) for dx, dy, r in OTHERS]
+    response = requests.put(
+        f"{srv.url}/datastore/label",
+        params={"image": "slideW", "tag": "final"},
+        files={"label": ("slideW.xml", asap_xml(polygons).encode(), "application/xml")},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text[:500]
+    assert (srv.studies / "labels" / "final" / "slideW.xml").is_file()
+
+    params = {"max_epochs": 1, "val_split": 0.2, "device": "cpu"}
+    response = requests.post(f"{srv.url}/train/pathseqsam", json=params, timeout=60)
+    assert response.status_code == 200, response.text[:2000]
+    deadline = time.monotonic() + 600
+    while True:
+        status = requests.get(f"{srv.url}/train/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        assert time.monotonic() < deadline, f"training still running:\n{srv.log_tail()}"
+        time.sleep(2.0)
+    assert status["status"] == "DONE", f"{status}\n{srv.log_tail()}"
+    log = srv.log_tail(3000)
+    # 350 x 350 working px in 128-px patches: starts 0, 128, 222 per axis
+    assert (
+        "slideW.tiff: labelled region x 3396-4797, y 3396-4797 (level-0 px) -> 9 patches of 128 px at 2 um/px, 6 glomeruli"
+        in log
+    )
+    assert "9 labelled images: 7 to train on, 2 held out for validation" in log
+    record = json.loads((srv.bundle / "models" / ".monailabel_train" / "validation.json").read_text())
+    assert [v["epoch"] for v in record["validations"]] == [0, 1]  # the served model judged first
+    assert all(v["val_mean_dice"] is not None for v in record["validations"])
