@@ -100,7 +100,7 @@ def wsi_settings(bundle_dir: str | Path, overrides: Mapping[str, Any]) -> dict[s
     parser.read_config(str(path))
     parser["bundle_root"] = str(bundle_dir)
     for key, value in overrides.items():
-        if key in WSI_SETTINGS or key in ("model_name", "lora_rank", "memory_k", "distance_unit_um"):
+        if key in WSI_SETTINGS:  # the network's own settings come with the served network
             parser[key] = value
     out = {name: parser.get_parsed_content(key) for key, name in WSI_SETTINGS.items()}
     out["per_tile"] = config_flag(out["per_tile"], "per_tile")

@@ -308,6 +308,15 @@ def test_wsi_region_keeps_only_its_objects(wsi_server, bundle_polygons):
         assert not any(_contains(p, CENTRE + dx, CENTRE + dy) for p in contours)
     whole = _post_wsi(wsi_server, "json").json()
     assert params["summary"]["tiles"] < whole["summary"]["tiles"]
+    # MONAI Label's deprecated route (WSIInput as the JSON body) takes the same path
+    response = requests.post(
+        f"{wsi_server.url}/infer/wsi/pathseqsam",
+        params={"image": "slideW", "output": "json"},
+        json={"location": region[:2], "size": region[2:], "params": {"device": "cpu"}},
+        timeout=600,
+    )
+    assert response.status_code == 200, response.text[:2000]
+    assert response.json()["annotations"] == params["annotations"]
 
 
 def test_wsi_refusals(wsi_server):
