@@ -186,7 +186,10 @@ class WholeSlideJobs:
         return state
 
     def busy_message(self) -> str:
+        """Why the network cannot take a request now (a 503's detail)."""
         state = self.status()
+        if not state.get("running"):  # a region or stack request holds it (for seconds)
+            return "the network is busy with another inference request; try again when it has finished"
         where = f"tiles {state.get('tiles_done', 0)}/{state.get('tiles_total', '?')}"
         return (
             f"the network is busy with a whole-slide inference of {state.get('image')!r} ({where}); "

@@ -123,3 +123,21 @@ def test_answers_parse_back(tmp_path):
     assert json.loads(geojson.read_text()) == {"type": "FeatureCollection", "features": [features[0]]}
     for path in (xml, geojson):  # the endpoint deletes its answer files after sending them
         path.unlink()
+
+
+def test_one_user_of_the_network_at_a_time():
+    from pathseqsam.label.slide_wsi import NetworkBusy, WholeSlideJobs
+
+    jobs = WholeSlideJobs({}, max_tiles=10)
+    assert jobs.status() == {"running": False}
+    with jobs.lock:  # a region request holds the network
+        with pytest.raises(NetworkBusy, match=r"^the network is busy with another inference request") as info:
+            jobs.run(lambda: None, "cpu", "slide.tiff", "slideX", {})
+        assert info.value.status_code == 503
+        jobs._state = {"running": True, "image": "slideW", "tiles_done": 3, "tiles_total": 84, "_t0": 0.0}
+        with pytest.raises(
+            NetworkBusy, match=r"busy with a whole-slide inference of 'slideW' \(tiles 3/84\)"
+        ):
+            jobs.run(lambda: None, "cpu", "slide.tiff", "slideX", {})
+        status = jobs.status()
+        assert status["eta_s"] == pytest.approx(status["elapsed_s"] / 3 * 81, rel=0.01)
