@@ -11,10 +11,15 @@ Tasks, for model name ``pathseqsam`` (the ``models`` setting):
   ``level``) of a pyramidal whole-slide image, read region by region (:mod:`pathseqsam.label.slide_region`);
 * infer ``pathseqsam_interactive``: foreground/background clicks and/or a box on some slices,
   propagated through the sequence in both directions;
-* train ``pathseqsam``: fine-tune the bundle on the datastore's labels.
+* whole slides, ``POST /infer/wsi_v2/pathseqsam?output=asap|dsa|geojson|json``: the bundle's
+  slide pipeline (tissue tiles as one sequence, blended, cleaned; one polygon per glomerulus in
+  level-0 pixels) in a worker thread, one slide at a time (:mod:`pathseqsam.label.slide_wsi`,
+  :mod:`pathseqsam.label.wsi_route`);
+* train ``pathseqsam``: fine-tune the bundle on the datastore's labels (a slide's ASAP XML label is
+  cut into patches at the working resolution: :mod:`pathseqsam.label.slide_patches`).
 
 Settings (``--conf KEY VALUE``): ``bundle`` (bundle folder, default the repository's ``bundle/``),
-``bundle.<config id>`` (config overrides), ``z_spacing_um``, ``max_megapixels`` (see
+``bundle.<config id>`` (config overrides), ``z_spacing_um``, ``max_megapixels``, ``max_wsi_tiles`` (see
 :mod:`pathseqsam.label.bundle`), ``skip_trainers`` (``true`` serves inference only).
 
 Requests: only the options of :mod:`pathseqsam.label.options` are accepted (typed, ranged, fixed
