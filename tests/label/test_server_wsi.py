@@ -4,10 +4,12 @@ The datastore holds one synthetic pyramidal TIFF of 8192 x 8192 px at 0.5 um/px 
 :mod:`pathseqsam.synthetic.slides`; one tissue section in the middle so the test stays short) whose
 glomerulus at (4096, 4096) lies across tile borders both of the pipeline's tiles (every 256 level-0
 px) and of MONAI Label's default 1024-px tiles, plus a PNG that is not a slide. The server serves the
-demo checkpoint (conftest). Its ASAP XML and DSA JSON answers are parsed back and compared with the
+demo checkpoint (conftest). Regions at levels 0 and 1 must give the same glomeruli. Its whole-slide
+ASAP XML and DSA JSON answers are parsed back and compared with the
 bundle's own ``inference_wsi.json`` run in this process on the same slide; ``/info/`` must answer
 (with the job's progress) while the slide runs, a second request for the network is refused with
-503, and the server's peak RSS during the slide must stay within 2 GiB of its idle RSS.
+503, and the server's peak RSS during the slide must stay within 2 GiB of its idle RSS. Last, an ASAP
+XML label on a region of the slide trains the model through ``/train/pathseqsam``.
 """
 
 from __future__ import annotations
@@ -186,6 +188,32 @@ def _rss(pid: int) -> int:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def test_info_and_regions_at_levels_0_and_1(wsi_server, tmp_path):
+    """The same 8k slide through /info/ and the region endpoint: same glomeruli at levels 0 and 1."""
+    from tests.label.test_server import _parts, _read_mask
+
+    info = requests.get(f"{wsi_server.url}/info/", timeout=30).json()
+    assert info["datastore"]["total"] == 2 and "pathseqsam" in info["trainers"]
+    assert info["pathseqsam_wsi"] == {"running": False, "max_tiles": 400}
+    x0 = y0 = CENTRE - 384  # a 768 x 768 level-0 area around the border glomerulus
+    masks, answers = [], []
+    for level, size in ((0, 768), (1, 384)):
+        body = {"location": [x0, y0], "size": [size, size], "level": level}
+        params, name, payload = _parts(
+            wsi_server.post("/infer/pathseqsam", body, image="slideW", output="all")
+        )
+        assert (
+            params["level"] == level and params["downsample"] == 2.0**level and params["location"] == [x0, y0]
+        )
+        masks.append(_read_mask(name, payload, tmp_path)[0] > 0)
+        answers.append(params)
+    mask0_at_1 = masks[0].reshape(384, 2, 384, 2).mean(axis=(1, 3)) >= 0.5
+    assert masks[1].shape == (384, 384) and 0.01 < masks[1].mean() < 0.99
+    assert _dice(mask0_at_1, masks[1]) > 0.9
+    for params in answers:  # outlines in level-0 pixels: one holds the border glomerulus's centre
+        assert sum(_contains(np.asarray(c), CENTRE, CENTRE) for c in params["contours"]) == 1
 
 
 def test_wsi_asap_is_the_bundle_pipeline_and_info_answers_meanwhile(wsi_server, bundle_polygons):
