@@ -213,16 +213,11 @@ def _server_run(out: Path, bundle: Path, slide: Path, threads: int) -> dict:
         if response.status_code != 200:
             raise RuntimeError(f"whole-slide request answered {response.status_code}: {response.text[:2000]}")
         polygons = len(list(ET.fromstring(response.text).iter("Annotation")))
-        summary = requests.post(
-            f"{url}/infer/wsi_v2/pathseqsam",
-            params={"image": slide.name.split(".")[0], "output": "json"},
-            data={"wsi": json.dumps({"location": [0, 0], "size": [0, 0], "params": {"device": "cpu"}})},
-            timeout=3600,
-        ).json()["summary"]
+        tiles = max((job.get("tiles_total") or 0 for job in progress), default=None)
         return {
             "wall_s": wall,
             "polygons": polygons,
-            "tiles": summary["tiles"],
+            "tiles": tiles,  # from /info/'s progress
             "idle_rss_mib": idle / MIB,
             "peak_rss_mib": max(sampler.peak, idle) / MIB,
             "info_answers": len(latencies),

@@ -150,6 +150,8 @@ class SlideInferenceSettings:
         overwrite: replace an existing ``OUTPUT/<slide name>/``.
         max_tiles: refuse a slide (:class:`SlideTooLarge`) with more tissue tiles than this, before
             any tile is read; None: no limit.
+        write_images: write ``mask.tif`` and ``thumbnail.png``; False writes only the polygons and
+            the summary (the MONAI Label server answers with the polygons).
     """
 
     model_mpp_um: float = 2.0
@@ -170,6 +172,7 @@ class SlideInferenceSettings:
     mpp_um: float | None = None
     overwrite: bool = False
     max_tiles: int | None = None
+    write_images: bool = True
 
     def __post_init__(self) -> None:
         if not (self.model_mpp_um and self.model_mpp_um > 0):
@@ -420,21 +423,24 @@ class SlideSegmenter:
 
         # outputs
         t0 = time.perf_counter()
-        atomic_write(
-            work / "mask.tif",
-            lambda tmp: write_mask_pyramid(
-                tmp, mask, cfg.model_mpp_um, slide.width, slide.height, slide.mpp_um
-            ),
-        )
         atomic_write_json(work / "glomeruli.geojson", {"type": "FeatureCollection", "features": features})
-        thumb_mask = np.zeros(overview.shape[:2], dtype=np.uint8)
-        scale = overview_mpp / cfg.model_mpp_um
-        for y in range(0, thumb_mask.shape[0], 256):
-            for x in range(0, thumb_mask.shape[1], 256):
-                h, w = min(256, thumb_mask.shape[0] - y), min(256, thumb_mask.shape[1] - x)
-                thumb_mask[y : y + h, x : x + w] = sample_mask(mask, scale, y, x, h, w)
-        thumbnail = draw_contours(overview, thumb_mask > 0)
-        atomic_write(work / "thumbnail.png", lambda tmp: Image.fromarray(thumbnail).save(tmp, format="PNG"))
+        if cfg.write_images:
+            atomic_write(
+                work / "mask.tif",
+                lambda tmp: write_mask_pyramid(
+                    tmp, mask, cfg.model_mpp_um, slide.width, slide.height, slide.mpp_um
+                ),
+            )
+            thumb_mask = np.zeros(overview.shape[:2], dtype=np.uint8)
+            scale = overview_mpp / cfg.model_mpp_um
+            for y in range(0, thumb_mask.shape[0], 256):
+                for x in range(0, thumb_mask.shape[1], 256):
+                    h, w = min(256, thumb_mask.shape[0] - y), min(256, thumb_mask.shape[1] - x)
+                    thumb_mask[y : y + h, x : x + w] = sample_mask(mask, scale, y, x, h, w)
+            thumbnail = draw_contours(overview, thumb_mask > 0)
+            atomic_write(
+                work / "thumbnail.png", lambda tmp: Image.fromarray(thumbnail).save(tmp, format="PNG")
+            )
         timings["write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
 

@@ -279,6 +279,7 @@ class WholeSlideJobs:
                 amp=str(device).startswith("cuda"),
                 shard=False,
                 max_tiles=self.max_tiles,
+                write_images=False,  # the answer is the polygons: no mask.tif, no thumbnail
                 **self.settings,
             )
             try:

@@ -268,14 +268,23 @@ def test_slides_are_resampled_to_the_resolution_the_weights_carry(tmp_path):
 
 
 def test_region_cap_and_progress(tmp_path, slide_files, scene, oracle_run):
-    """A level-0 region tiles only the tissue inside it; max_tiles refuses before reading; progress counts tiles."""
+    """A level-0 region tiles only the tissue inside it; max_tiles refuses before reading; progress counts
+    tiles; write_images=False writes no mask.tif and no thumbnail."""
     from pathseqsam.engine.slide_inference import SlideTooLarge
 
     x, y, w, h = 600, 500, 800, 900  # level-0 pixels (1 um/px)
     calls: list[tuple[int, int]] = []
-    summary = SlideSegmenter(ColourOracle(), tmp_path / "r", model_mpp_um=2.0, image_size=128).segment(
+    segmenter = SlideSegmenter(
+        ColourOracle(), tmp_path / "r", model_mpp_um=2.0, image_size=128, write_images=False
+    )
+    summary = segmenter.segment(
         slide_files["slide"], region=(x, y, w, h), progress=lambda done, total: calls.append((done, total))
     )
+    # write_images=False: the polygons and the summary only
+    assert sorted(p.name for p in (tmp_path / "r" / "syn_00_wsi").iterdir()) == [
+        "glomeruli.geojson",
+        "summary.json",
+    ]
     n = summary["tiles"]
     assert 0 < n < oracle_run["summary"]["tiles"] and summary["region"] == [x, y, w, h]
     assert calls == [(i, n) for i in range(1, n + 1)]
