@@ -37,7 +37,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +67,7 @@ __all__ = [
     "SLIDE_SUFFIXES",
     "SlideInferenceSettings",
     "SlideSegmenter",
+    "SlideTooLarge",
     "list_slides",
     "load_network_weights",
 ]
@@ -74,6 +75,14 @@ __all__ = [
 logger = logging.getLogger("pathseqsam")
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+
+
+class SlideTooLarge(SlideError):
+    """More tissue tiles than ``max_tiles`` allows: refused before any tile is read."""
+
+
+ProgressCallback = Callable[[int, int], None]
+"""Called after every tile with ``(tiles done, tiles in all)``."""
 
 
 def list_slides(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -139,6 +148,10 @@ class SlideInferenceSettings:
         chunk: tiles read and encoded together.
         mpp_um: the slides' level-0 micrometres per pixel, when their metadata lacks it (or is wrong).
         overwrite: replace an existing ``OUTPUT/<slide name>/``.
+        max_tiles: refuse a slide (:class:`SlideTooLarge`) with more tissue tiles than this, before
+            any tile is read; None: no limit.
+        write_images: write ``mask.tif`` and ``thumbnail.png``; False writes only the polygons and
+            the summary (the MONAI Label server answers with the polygons).
     """
 
     model_mpp_um: float = 2.0
@@ -158,6 +171,8 @@ class SlideInferenceSettings:
     chunk: int = 8
     mpp_um: float | None = None
     overwrite: bool = False
+    max_tiles: int | None = None
+    write_images: bool = True
 
     def __post_init__(self) -> None:
         if not (self.model_mpp_um and self.model_mpp_um > 0):
@@ -176,6 +191,25 @@ class SlideInferenceSettings:
     @property
     def tile_px(self) -> int:
         return round(self.tile_um / self.model_mpp_um)
+
+
+def _inside_region(
+    tissue: np.ndarray, region: Sequence[int], slide: Slide, overview_mpp: float
+) -> np.ndarray:
+    """The tissue mask (at ``overview_mpp``) cleared outside ``region`` (level-0 ``x, y, w, h``)."""
+    x, y, w, h = (int(v) for v in region)
+    x1, y1 = min(x + w, slide.width), min(y + h, slide.height)
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x >= x1 or y >= y1:
+        raise SlideError(
+            f"{slide.path.name}: region x={x}, y={y}, width={w}, height={h} (level-0 pixels) does not lie "
+            f"inside the slide ({slide.width}x{slide.height} px)"
+        )
+    per_px = slide.mpp_um / overview_mpp  # overview pixels per level-0 pixel
+    r0, c0 = int(y * per_px), int(x * per_px)
+    r1, c1 = max(r0 + 1, math.ceil(y1 * per_px)), max(c0 + 1, math.ceil(x1 * per_px))
+    inside = np.zeros_like(tissue)
+    inside[r0:r1, c0:c1] = tissue[r0:r1, c0:c1]
+    return inside
 
 
 def _format_eta(seconds: float) -> str:
@@ -241,8 +275,24 @@ class SlideSegmenter:
         return [self.segment(p) for p in mine]
 
     # ------------------------------------------------------------------ one slide
-    def segment(self, slide_path: str | os.PathLike) -> dict[str, Any]:
-        """Segment one slide and write its outputs; returns its summary (also ``summary.json``)."""
+    def segment(
+        self,
+        slide_path: str | os.PathLike,
+        region: Sequence[int] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Segment one slide and write its outputs; returns its summary (also ``summary.json``).
+
+        Args:
+            slide_path: the slide file.
+            region: optional ``(x, y, width, height)`` in level-0 pixels: only tissue inside it is
+                tiled (and, with ``restrict_to_tissue``, only objects there are kept).
+            progress: optional callback ``(tiles done, tiles in all)`` after every tile.
+
+        Raises:
+            SlideError: the slide cannot be read, the output exists, ``region`` misses the slide;
+                SlideTooLarge: more tissue tiles than ``max_tiles``.
+        """
         slide_path = Path(slide_path)
         cfg = self.settings
         with open_slide(slide_path, cfg.mpp_um) as slide:
@@ -256,7 +306,7 @@ class SlideSegmenter:
             work = self.output_dir / f".{slide.name}.partial-{secrets.token_hex(4)}"
             work.mkdir()
             try:
-                summary = self._segment_into(slide, work)
+                summary = self._segment_into(slide, work, region, progress)
                 shutil.rmtree(work / "scratch")
                 if final.exists():  # overwrite: move the old folder aside, then swap
                     trash = self.output_dir / f".{slide.name}.old-{secrets.token_hex(4)}"
@@ -270,7 +320,13 @@ class SlideSegmenter:
                     shutil.rmtree(work)
         return summary
 
-    def _segment_into(self, slide: Slide, work: Path) -> dict[str, Any]:
+    def _segment_into(
+        self,
+        slide: Slide,
+        work: Path,
+        region: Sequence[int] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
         cfg = self.settings
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
@@ -285,9 +341,16 @@ class SlideSegmenter:
         overview_mpp = max(extent / 2048.0, min(cfg.tissue_mpp_um, extent / 1024.0), slide.mpp_um)
         overview = slide.read_overview(overview_mpp)
         tissue = tissue_mask(overview)
+        if region is not None:
+            tissue = _inside_region(tissue, region, slide, overview_mpp)
         tiles = tile_grid(
             width_um, height_um, cfg.tile_um, cfg.stride_um, tissue, overview_mpp, cfg.min_tissue_fraction
         )
+        if cfg.max_tiles is not None and len(tiles) > cfg.max_tiles:
+            raise SlideTooLarge(
+                f"{slide.path.name}: {len(tiles)} tissue tiles of {cfg.tile_um:g} um, more than the limit "
+                f"of {cfg.max_tiles} (max_tiles); segment a region of the slide or raise the limit"
+            )
         tiles = order_tiles(tiles, cfg.order)
         timings["tissue_s"] = time.perf_counter() - t0
         tissue_mm2 = float(tissue.sum()) * overview_mpp**2 / 1e6
@@ -295,7 +358,7 @@ class SlideSegmenter:
         shape = map_shape(width_um, height_um, cfg.model_mpp_um, cfg.tile_px)
         blender = DiskBlender(scratch, shape, cfg.tile_px, cfg.blend)
         if tiles:
-            self._infer_tiles(slide, tiles, blender, timings)
+            self._infer_tiles(slide, tiles, blender, timings, progress)
         else:
             logger.warning("%s: no tissue found; writing empty outputs", slide.path)
 
@@ -306,20 +369,20 @@ class SlideSegmenter:
         min_area_px = cfg.min_object_um2 / cfg.model_mpp_um**2
         halo = math.ceil(cfg.max_object_um / cfg.model_mpp_um)
         to_level0 = cfg.model_mpp_um / slide.mpp_um  # level-0 pixels per working pixel
-        region = None
+        in_tissue = None
         if cfg.restrict_to_tissue and tiles:
             # the tissue mask, grown by one overview pixel, sampled at the map's pixel centres: the
             # network sees glass at the tissue's edge and some models "find" glomeruli there
             grown = ndimage.binary_dilation(tissue, iterations=1)
             per_px = cfg.model_mpp_um / overview_mpp  # overview pixels per map pixel
 
-            def region(y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+            def in_tissue(y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
                 rows = np.minimum(((np.arange(y0, y1) + 0.5) * per_px).astype(np.int64), grown.shape[0] - 1)
                 cols = np.minimum(((np.arange(x0, x1) + 0.5) * per_px).astype(np.int64), grown.shape[1] - 1)
                 return grown[np.ix_(rows, cols)]
 
         blocks = clean_blocks(
-            blender, cfg.threshold, min_area_px, cfg.fill_holes, halo=halo, region_mask=region
+            blender, cfg.threshold, min_area_px, cfg.fill_holes, halo=halo, region_mask=in_tissue
         )
         for block in blocks if tiles else ():
             mask.write(block.y0, block.x0, block.core(block.mask).astype(np.uint8))
@@ -360,21 +423,24 @@ class SlideSegmenter:
 
         # outputs
         t0 = time.perf_counter()
-        atomic_write(
-            work / "mask.tif",
-            lambda tmp: write_mask_pyramid(
-                tmp, mask, cfg.model_mpp_um, slide.width, slide.height, slide.mpp_um
-            ),
-        )
         atomic_write_json(work / "glomeruli.geojson", {"type": "FeatureCollection", "features": features})
-        thumb_mask = np.zeros(overview.shape[:2], dtype=np.uint8)
-        scale = overview_mpp / cfg.model_mpp_um
-        for y in range(0, thumb_mask.shape[0], 256):
-            for x in range(0, thumb_mask.shape[1], 256):
-                h, w = min(256, thumb_mask.shape[0] - y), min(256, thumb_mask.shape[1] - x)
-                thumb_mask[y : y + h, x : x + w] = sample_mask(mask, scale, y, x, h, w)
-        thumbnail = draw_contours(overview, thumb_mask > 0)
-        atomic_write(work / "thumbnail.png", lambda tmp: Image.fromarray(thumbnail).save(tmp, format="PNG"))
+        if cfg.write_images:
+            atomic_write(
+                work / "mask.tif",
+                lambda tmp: write_mask_pyramid(
+                    tmp, mask, cfg.model_mpp_um, slide.width, slide.height, slide.mpp_um
+                ),
+            )
+            thumb_mask = np.zeros(overview.shape[:2], dtype=np.uint8)
+            scale = overview_mpp / cfg.model_mpp_um
+            for y in range(0, thumb_mask.shape[0], 256):
+                for x in range(0, thumb_mask.shape[1], 256):
+                    h, w = min(256, thumb_mask.shape[0] - y), min(256, thumb_mask.shape[1] - x)
+                    thumb_mask[y : y + h, x : x + w] = sample_mask(mask, scale, y, x, h, w)
+            thumbnail = draw_contours(overview, thumb_mask > 0)
+            atomic_write(
+                work / "thumbnail.png", lambda tmp: Image.fromarray(thumbnail).save(tmp, format="PNG")
+            )
         timings["write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
 
@@ -389,6 +455,7 @@ class SlideSegmenter:
             "levels": len(slide.levels),
             "read_level": slide.best_level(cfg.model_mpp_um),
             "tissue_mm2": round(tissue_mm2, 4),
+            "region": None if region is None else [int(v) for v in region],
             "tiles": n_tiles,
             "count": len(features),
             "areas_um2": [round(a, 2) for a in areas],
@@ -453,7 +520,12 @@ class SlideSegmenter:
                 yield x.to(self.device)
 
     def _infer_tiles(
-        self, slide: Slide, tiles: list[Tile], blender: DiskBlender, timings: dict[str, float]
+        self,
+        slide: Slide,
+        tiles: list[Tile],
+        blender: DiskBlender,
+        timings: dict[str, float],
+        progress: ProgressCallback | None = None,
     ) -> None:
         cfg = self.settings
         net = self.network
@@ -476,6 +548,8 @@ class SlideSegmenter:
                         round(tile.y_um / cfg.model_mpp_um), round(tile.x_um / cfg.model_mpp_um), prob
                     )
                     stitch += time.perf_counter() - ts
+                    if progress is not None:
+                        progress(t + 1, n)
                     now = time.perf_counter()
                     if now - last_log > 10.0 or t + 1 == n:
                         rate = (t + 1) / max(now - t0, 1e-9)

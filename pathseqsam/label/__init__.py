@@ -14,11 +14,16 @@ loads ``bundle/models/model.pt``. Modules:
 * :mod:`pathseqsam.label.options`: the typed whitelist of request options (checked and advertised);
 * :mod:`pathseqsam.label.publish`: a trained model replaces the served one only when it validates
   better on held-out images;
-* :mod:`pathseqsam.label.infer`, :mod:`pathseqsam.label.train`: the MONAI Label tasks, and
-  :mod:`pathseqsam.label.guards`: request checks before MONAI Label's own endpoint code (need the
-  ``label`` extra).
+* :mod:`pathseqsam.label.slide_region`: regions of pyramidal slides at any level;
+  :mod:`pathseqsam.label.slide_wsi`: whole-slide requests through the bundle's slide pipeline (one at
+  a time, tile cap, progress, MONAI Label's answer formats); :mod:`pathseqsam.label.slide_patches`:
+  a slide's ASAP XML label cut into training patches at the working resolution;
+* :mod:`pathseqsam.label.infer`, :mod:`pathseqsam.label.train`: the MONAI Label tasks,
+  :mod:`pathseqsam.label.guards`: request checks before MONAI Label's own endpoint code, and
+  :mod:`pathseqsam.label.wsi_route`: MONAI Label's whole-slide routes served off the event loop
+  (need the ``label`` extra).
 
-Only those last three import ``monailabel``; the rest runs in the core environment.
+Only those last four import ``monailabel``; the rest runs in the core environment.
 """
 
 from __future__ import annotations

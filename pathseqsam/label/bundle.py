@@ -11,6 +11,8 @@ definition). Server-level settings come from ``monailabel start_server --conf KE
   ``distance_unit_um``, i.e. consecutive slices one distance unit apart);
 * ``max_megapixels``: pixels one inference request may decode (slices x height x width, read from
   the image header first; default 100 megapixels); larger images are refused with HTTP 413.
+* ``max_wsi_tiles``: tissue tiles one whole-slide request (``/infer/wsi_v2/{model}``) may need
+  (counted on the tissue mask before any tile is read; default 20,000); more is refused with 413.
 * ``mpp_um``: pixel size (um per pixel) of images whose files carry none (PNG, JPEG): the bundle's
   ``mpp_um`` setting, so its preprocessing resamples them to ``model_mpp_um``.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "bundle_overrides",
     "inference_setting",
     "max_pixels_setting",
+    "max_wsi_tiles_setting",
     "resolve_bundle_dir",
     "z_spacing_setting",
 ]
@@ -169,3 +172,28 @@ def max_pixels_setting(conf: Mapping[str, str], default_megapixels: float = 100.
     if not (value > 0 and value < float("inf")):
         raise ValueError(f"--conf max_megapixels {raw}: expected a positive number of megapixels, e.g. 100")
     return int(value * 1e6)
+
+
+def max_wsi_tiles_setting(conf: Mapping[str, str], default: int) -> int:
+    """The ``max_wsi_tiles`` setting as a positive whole number (``default`` when absent).
+
+    Args:
+        conf: MONAI Label app settings.
+        default: value when the setting is absent.
+
+    Returns:
+        Tissue tiles one whole-slide request may need.
+
+    Raises:
+        ValueError: the setting is not a positive whole number.
+    """
+    raw = conf.get("max_wsi_tiles")
+    if raw is None:
+        return int(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"--conf max_wsi_tiles {raw}: expected a positive whole number of tiles, e.g. 20000")
+    return value

@@ -35,6 +35,7 @@ __all__ = [
     "infer_options",
     "options_schema",
     "train_options",
+    "wsi_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -340,6 +341,44 @@ def infer_options(interactive: bool, devices: Sequence[str] | None = None) -> di
             Option("roi", "box", [], help="box [x0, y0, x1, y1(, z0, z1)]", advertise=False),
             Option("slice", "int", 0, low=0, high=limit, help="slice of clicks without z", advertise=False),
         ]
+    return {o.name: o for o in options}
+
+
+def wsi_options(outputs: Sequence[str], devices: Sequence[str] | None = None) -> dict[str, Option]:
+    """The options a whole-slide request (``/infer/wsi_v2/{model}``: its ``wsi`` form and ``params``) may set.
+
+    Args:
+        outputs: the answer formats (``output=``), the first being the default.
+        devices: device names (default :func:`device_choices`).
+
+    Returns:
+        ``{name: Option}``: ``device``; ``location`` and ``size`` (level-0 pixels; both ``[0, 0]``:
+        the whole slide); ``level`` and ``tile_size`` (MONAI Label's fields, accepted: the slide
+        pipeline reads the level nearest the working resolution and tiles in micrometres);
+        ``min_poly_area`` (square level-0 pixels); ``output``.
+    """
+    devices = tuple(devices) if devices is not None else device_choices()
+    limit = float(MAX_PIXEL_COORDINATE)
+    options = [
+        _device_option(devices),
+        Option("location", "pair", [0, 0], low=0, high=limit, help="region top-left [x, y], level-0 pixels"),
+        Option(
+            "size",
+            "pair",
+            [0, 0],
+            low=0,
+            high=limit,
+            help="region [width, height] in level-0 pixels; [0, 0] with location [0, 0]: the whole slide",
+        ),
+        Option("level", "int", 0, low=0, high=MAX_LEVEL, help="accepted; the pipeline chooses the level"),
+        Option(
+            "tile_size", "pair", [1024, 1024], low=1, high=limit, help="accepted; tiles are in micrometres"
+        ),
+        Option(
+            "min_poly_area", "int", 80, low=0, high=limit * limit, help="smallest polygon, level-0 pixels^2"
+        ),
+        Option("output", "choice", outputs[0], choices=tuple(outputs), help="answer format"),
+    ]
     return {o.name: o for o in options}
 
 

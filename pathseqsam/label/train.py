@@ -7,6 +7,10 @@ and ``network_def`` exist in the config). What it changes:
 
 * the request is cleaned against the typed whitelist (:func:`pathseqsam.label.options.train_options`:
   ``max_epochs``, ``val_split``, ``device``); anything else is dropped, a wrong value is refused;
+* a pyramidal slide's label is an ASAP XML file (what MONAI Label's pathology clients save, polygons
+  in level-0 pixels): its annotated region is cut into patches at the bundle's working resolution
+  (:mod:`pathseqsam.label.slide_patches`, one patch read at a time) that train like 2D patches; a
+  slide is never read whole, nor as a stack;
 * the datastore's items reach the config parser only as the path of a datalist FILE that the server
   writes (``datalist`` override), never as override values: the parser evaluates strings starting
   with ``$``, ``@`` or ``%``, and file names (case names) are not code. Each item is a sequence item
@@ -45,6 +49,8 @@ from pathseqsam.atomic import atomic_write_json
 from pathseqsam.label.options import RequestRefused, clean_request, options_schema, train_options
 from pathseqsam.label.publish import publish_if_improved
 from pathseqsam.label.sequence_io import sequence_item, sequence_length
+from pathseqsam.label.slide_patches import slide_label_patches
+from pathseqsam.label.slide_region import is_pyramidal_slide
 
 __all__ = ["STAGING_DIR", "PathSeqSAMTrainTask", "split_for_validation"]
 
@@ -155,7 +161,27 @@ class PathSeqSAMTrainTask(BundleTrainTask):
             raise RequestRefused(
                 "the datastore has no labelled images: save at least two labels (final) before training"
             )
-        return [sequence_item(d["image"], d["label"], z_spacing_um=self.z_spacing_um) for d in items]
+        if self._datalist_path is None:
+            raise RuntimeError("PathSeqSAMTrainTask._fetch_datalist outside __call__")
+        out: list[dict[str, Any]] = []
+        for d in items:
+            if is_pyramidal_slide(d["image"]):
+                out.extend(self._slide_patches(d["image"], d["label"]))
+            else:
+                out.append(sequence_item(d["image"], d["label"], z_spacing_um=self.z_spacing_um))
+        return out
+
+    def _slide_patches(self, image: str, label: str) -> list[dict[str, Any]]:
+        """A whole slide's region label (ASAP XML) as patches at the working resolution."""
+        if not str(label).lower().endswith(".xml"):
+            raise RequestRefused(
+                f"{label}: the label of slide {Path(image).name} must be an ASAP XML file (polygons in level-0 "
+                "pixels, as MONAI Label's QuPath and DSA clients save them); a whole slide is never read as "
+                "one image"
+            )
+        model_mpp_um, image_size = float(self._setting("model_mpp_um")), int(self._setting("image_size"))
+        patches = Path(self._datalist_path).parent / "slide_patches" / Path(image).name.split(".")[0]
+        return slide_label_patches(image, label, patches, model_mpp_um, image_size)
 
     def _partition_datalist(
         self, datalist: list[dict[str, Any]], request: Mapping[str, Any], shuffle: bool = False

@@ -61,7 +61,9 @@ def test_inference_setting_and_spacing():
             z_spacing_setting({"z_spacing_um": bad}, unit)
 
 
-@pytest.mark.parametrize("module", ["pathseqsam.label.infer", "pathseqsam.label.train"])
+@pytest.mark.parametrize(
+    "module", ["pathseqsam.label.infer", "pathseqsam.label.train", "pathseqsam.label.wsi_route"]
+)
 def test_tasks_without_monailabel_say_how_to_install(monkeypatch, module):
     for name in [m for m in sys.modules if m == "monailabel" or m.startswith("monailabel.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -265,3 +265,56 @@ def test_slides_are_resampled_to_the_resolution_the_weights_carry(tmp_path):
     with pytest.raises(ValueError, match=r"model_mpp_um=4.0 but the network works at 2.0 um/px"):
         SlideSegmenter(net, tmp_path, model_mpp_um=4.0)
     assert SlideSegmenter(net, tmp_path, model_mpp_um=2.0).settings.model_mpp_um == 2.0
+
+
+def test_region_cap_and_progress(tmp_path, slide_files, scene, oracle_run):
+    """A level-0 region tiles only the tissue inside it; max_tiles refuses before reading; progress counts
+    tiles; write_images=False writes no mask.tif and no thumbnail."""
+    from pathseqsam.engine.slide_inference import SlideTooLarge
+
+    x, y, w, h = 600, 500, 800, 900  # level-0 pixels (1 um/px)
+    calls: list[tuple[int, int]] = []
+    segmenter = SlideSegmenter(
+        ColourOracle(), tmp_path / "r", model_mpp_um=2.0, image_size=128, write_images=False
+    )
+    summary = segmenter.segment(
+        slide_files["slide"], region=(x, y, w, h), progress=lambda done, total: calls.append((done, total))
+    )
+    # write_images=False: the polygons and the summary only
+    assert sorted(p.name for p in (tmp_path / "r" / "syn_00_wsi").iterdir()) == [
+        "glomeruli.geojson",
+        "summary.json",
+    ]
+    n = summary["tiles"]
+    assert 0 < n < oracle_run["summary"]["tiles"] and summary["region"] == [x, y, w, h]
+    assert calls == [(i, n) for i in range(1, n + 1)]
+    # the oracle finds every glomerulus of the whole slide once (test_outputs_exist_and_summary): here
+    # every one wholly inside the region is found once, none wholly outside it (beyond the tissue
+    # mask's grown overview pixels, 2 x 16 um) is found
+    features = json.loads((tmp_path / "r" / "syn_00_wsi" / "glomeruli.geojson").read_text())["features"]
+    centres = np.array([np.asarray(f["geometry"]["coordinates"][0]).mean(axis=0) for f in features])
+    n_inside = 0
+    for cx, cy, r in scene.glomeruli:
+        hits = int((np.hypot(centres[:, 0] - cx, centres[:, 1] - cy) < r).sum())
+        if x + r <= cx <= x + w - r and y + r <= cy <= y + h - r:
+            assert hits == 1, (cx, cy, r)
+            n_inside += 1
+        elif cx + r < x - 32 or cx - r > x + w + 32 or cy + r < y - 32 or cy - r > y + h + 32:
+            assert hits == 0, (cx, cy, r)
+    assert n_inside >= 3
+
+    oracle = ColourOracle()
+    with pytest.raises(
+        SlideTooLarge, match=rf"syn_00_wsi.tiff: {n} tissue tiles of 256 um, more than the limit of 3"
+    ):
+        SlideSegmenter(oracle, tmp_path / "cap", model_mpp_um=2.0, image_size=128, max_tiles=3).segment(
+            slide_files["slide"], region=(x, y, w, h)
+        )
+    assert oracle.seen_positions is None  # refused before any tile reached the network
+    assert not list((tmp_path / "cap").iterdir())  # and nothing left behind
+    with pytest.raises(
+        SlideError, match=r"region x=3000, y=0, width=10, height=10 \(level-0 pixels\) does not lie"
+    ):
+        SlideSegmenter(oracle, tmp_path / "out", model_mpp_um=2.0, image_size=128).segment(
+            slide_files["slide"], region=(3000, 0, 10, 10)
+        )

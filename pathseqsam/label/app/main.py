@@ -11,10 +11,15 @@ Tasks, for model name ``pathseqsam`` (the ``models`` setting):
   ``level``) of a pyramidal whole-slide image, read region by region (:mod:`pathseqsam.label.slide_region`);
 * infer ``pathseqsam_interactive``: foreground/background clicks and/or a box on some slices,
   propagated through the sequence in both directions;
-* train ``pathseqsam``: fine-tune the bundle on the datastore's labels.
+* whole slides, ``POST /infer/wsi_v2/pathseqsam?output=asap|dsa|geojson|json``: the bundle's
+  slide pipeline (tissue tiles as one sequence, blended, cleaned; one polygon per glomerulus in
+  level-0 pixels) in a worker thread, one slide at a time (:mod:`pathseqsam.label.slide_wsi`,
+  :mod:`pathseqsam.label.wsi_route`);
+* train ``pathseqsam``: fine-tune the bundle on the datastore's labels (a slide's ASAP XML label is
+  cut into patches at the working resolution: :mod:`pathseqsam.label.slide_patches`).
 
 Settings (``--conf KEY VALUE``): ``bundle`` (bundle folder, default the repository's ``bundle/``),
-``bundle.<config id>`` (config overrides), ``z_spacing_um``, ``max_megapixels`` (see
+``bundle.<config id>`` (config overrides), ``z_spacing_um``, ``max_megapixels``, ``max_wsi_tiles`` (see
 :mod:`pathseqsam.label.bundle`), ``skip_trainers`` (``true`` serves inference only).
 
 Requests: only the options of :mod:`pathseqsam.label.options` are accepted (typed, ranged, fixed
@@ -44,19 +49,29 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-from monailabel.utils.others.generic import strtobool
+from monailabel.utils.others.generic import name_to_device, strtobool
 
 import pathseqsam
-from pathseqsam.label import LABELS, guards
+from pathseqsam.label import LABELS, guards, wsi_route
 from pathseqsam.label.bundle import (
     bundle_overrides,
     inference_setting,
     max_pixels_setting,
+    max_wsi_tiles_setting,
     resolve_bundle_dir,
     z_spacing_setting,
 )
 from pathseqsam.label.infer import PathSeqSAMInferTask
-from pathseqsam.label.options import RequestRefused, clean_request
+from pathseqsam.label.options import RequestRefused, clean_request, wsi_options
+from pathseqsam.label.slide_region import is_pyramidal_slide
+from pathseqsam.label.slide_wsi import (
+    DEFAULT_MAX_TILES,
+    WSI_OUTPUTS,
+    WholeSlideJobs,
+    annotation_json,
+    write_output,
+    wsi_settings,
+)
 from pathseqsam.label.train import PathSeqSAMTrainTask
 
 logger = logging.getLogger(__name__)
@@ -96,6 +111,10 @@ class PathSeqSAMApp(MONAILabelApp):
         unit = inference_setting(self.bundle_dir, "distance_unit_um", self.overrides)
         self.z_spacing_um = z_spacing_setting(conf, unit)
         self.max_pixels = max_pixels_setting(conf)
+        self.wsi_jobs = WholeSlideJobs(
+            wsi_settings(self.bundle_dir, self.overrides), max_wsi_tiles_setting(conf, DEFAULT_MAX_TILES)
+        )
+        self.wsi_options = wsi_options(WSI_OUTPUTS)
         logger.info(
             "PathSeqSAM bundle %s, overrides %s, fallback z spacing %g um",
             self.bundle_dir,
@@ -112,6 +131,7 @@ class PathSeqSAMApp(MONAILabelApp):
             labels=dict(LABELS),
         )
         guards.install()
+        wsi_route.install()
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
@@ -211,6 +231,59 @@ class PathSeqSAMApp(MONAILabelApp):
             raise RequestRefused(f"no trainer {model!r}; this server has {sorted(self._trainers)}", 404)
         return clean_request({} if params is None else params, task.options, where=f"train {model} request")
 
+    def info(self) -> dict[str, Any]:
+        """MONAI Label's ``/info/`` plus the whole-slide job's progress (``pathseqsam_wsi``)."""
+        info = super().info()
+        info["pathseqsam_wsi"] = {**self.wsi_jobs.status(), "max_tiles": self.wsi_jobs.max_tiles}
+        return info
+
+    def infer_wsi(self, request: Mapping[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """Whole-slide inference with the bundle's slide pipeline (not MONAI Label's per-tile path).
+
+        Called by ``/infer/wsi_v2/{model}`` in a worker thread (:mod:`pathseqsam.label.wsi_route`).
+        The request is cleaned against :func:`pathseqsam.label.options.wsi_options`; the slide runs
+        through :class:`pathseqsam.label.slide_wsi.WholeSlideJobs` (one at a time, tile cap,
+        progress); the polygons come back in level-0 pixels as ASAP XML, DSA JSON, GeoJSON or JSON.
+
+        Returns:
+            ``{"file": answer file or None, "params": MONAI Label's WSI JSON}``.
+
+        Raises:
+            HTTPException: 404 unknown model; 400 the interactive model, an image that is not a
+                datastore slide, a wrong option, a region outside the slide; 413 more tissue tiles
+                than ``--conf max_wsi_tiles``; 503 another whole slide is running.
+        """
+        model = request.get("model")
+        try:
+            task = self._infers.get(model) if isinstance(model, str) else None
+            if task is None:
+                raise RequestRefused(f"no model {model!r}; this server has {sorted(self._infers)}", 404)
+            if model != self.model_name:
+                raise RequestRefused(
+                    f"whole-slide inference is served by the automatic model {self.model_name!r}; {model!r} "
+                    f"segments regions from clicks (POST /infer/{model})"
+                )
+            image = request.get("image")
+            path = self._datastore_image(image, datastore)
+            if not is_pyramidal_slide(path):
+                raise RequestRefused(
+                    f"image {image!r} is not a pyramidal whole-slide image (a slide OpenSlide reads with more "
+                    f"than one level): segment it with POST /infer/{model}"
+                )
+            clean = clean_request(
+                request, self.wsi_options, keep=("model", "image"), where=f"infer_wsi {model}"
+            )
+            device = name_to_device(clean.get("device", self.wsi_options["device"].default))
+            min_poly_area = float(clean.get("min_poly_area", self.wsi_options["min_poly_area"].default))
+            output = clean.get("output", "json")
+            logger.info("whole-slide inference request: %s", clean)
+            result = self.wsi_jobs.run(lambda: task._get_network(device, None), device, path, image, clean)
+            answer = annotation_json(result, model, task.description, min_poly_area)
+            return {"file": write_output(answer, result["features"], output, min_poly_area), "params": answer}
+        except RequestRefused as exc:
+            logger.warning("PathSeqSAM whole-slide request refused (%d): %s", exc.status_code, exc)
+            raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
+
     def infer(self, request: Mapping[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """MONAI Label's infer on a cleaned request: whitelisted options, a datastore image only."""
         model = request.get("model")
@@ -228,7 +301,15 @@ class PathSeqSAMApp(MONAILabelApp):
         clean["image"] = path if os.path.exists(request["image"]) else request["image"]
         if request.get("save_label") is True and request.get("label_tag", "original") == "original":
             clean.update(save_label=True, label_tag="original")  # batch inference keeps its results
-        return super().infer(clean, datastore)
+        # one user of the network at a time: a whole slide in its worker thread holds it for minutes
+        if not self.wsi_jobs.lock.acquire(blocking=False):
+            detail = self.wsi_jobs.busy_message()
+            logger.warning("PathSeqSAM request refused (503): %s", detail)
+            raise HTTPException(status_code=503, detail=detail)
+        try:
+            return super().infer(clean, datastore)
+        finally:
+            self.wsi_jobs.lock.release()
 
     def train(self, request: Mapping[str, Any]) -> Any:
         """MONAI Label's train on a cleaned request (the task checks the values again)."""
