@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
@@ -195,13 +196,47 @@ def run_batch(
         Summed loss terms (``mask``, ``dice``, ``iou``, ``class``, ``total``; summed over frames and
         correction steps as in SAM2), and the final high-resolution mask logits per frame ``[B, 1, H, W]``.
     """
+    backbone_out = model.forward_image(images)
+    _, feats, pos, sizes = model._prepare_backbone_features(backbone_out)
+    # SAM2 overwrites the mask logits with -1024 wherever the object-score logit is negative (a hard
+    # torch.where): from random init every tracked frame starts "absent" and its masks get no
+    # gradient (measured: propagated frames predicted nothing, whatever the prompt). The loss
+    # therefore reads the decoder's ungated masks (hook, upsampled as SAM2 does), as the main
+    # job's network does; memory encoding and evaluation keep SAM2's gated masks.
+    raw: list[Tensor] = []
+    hook = model.sam_mask_decoder.register_forward_hook(lambda _m, _i, output: raw.append(output[0]))
+    try:
+        return _run_frames(
+            model, feats, pos, sizes, masks, video_of, prompt, corrections, correction_from_gt, raw
+        )
+    finally:
+        hook.remove()
+
+
+def _ungated(model: nn.Module, raw: list[Tensor]) -> Tensor:
+    """The last decoder call's mask logits before SAM2's object-score gate, at the input resolution."""
+    return F.interpolate(
+        raw[-1].float(), size=(model.image_size, model.image_size), mode="bilinear", align_corners=False
+    )
+
+
+def _run_frames(
+    model: nn.Module,
+    feats: list[Tensor],
+    pos: list[Tensor],
+    sizes: list[tuple[int, int]],
+    masks: Tensor,
+    video_of: Tensor,
+    prompt: str,
+    corrections: int,
+    correction_from_gt: float,
+    raw: list[Tensor],
+) -> tuple[dict[str, Tensor], list[Tensor]]:
     from sam2.modeling.sam2_utils import get_next_point, sample_box_points
     from sam2.utils.misc import concat_points
 
     n_frames = masks.shape[0]
-    n_videos = images.shape[0] // n_frames
-    backbone_out = model.forward_image(images)
-    _, feats, pos, sizes = model._prepare_backbone_features(backbone_out)
+    n_videos = feats[-1].shape[1] // n_frames
     output_dict: dict[str, dict[int, Any]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     totals: dict[str, Tensor] = {}
     predictions = []
@@ -223,6 +258,7 @@ def run_batch(
                 point_inputs = {"point_coords": coords, "point_labels": labels}
             else:
                 raise ValueError(f"prompt must be 'mask', 'box' or 'click', got {prompt!r}")
+        raw.clear()
         current_out, sam_outputs, high_res_features, pix_feat = model._track_step(
             t,
             t == 0,
@@ -236,7 +272,9 @@ def run_batch(
             False,
             None,
         )
-        steps = [sam_outputs]
+        # a mask prompt is SAM2's output as it is (use_mask_input_as_output_without_sam): nothing to learn
+        mask_as_output = mask_inputs is not None and model.use_mask_input_as_output_without_sam
+        steps = [(sam_outputs[1] if mask_as_output else _ungated(model, raw), sam_outputs)]
         if t == 0 and point_inputs is not None:
             for _ in range(corrections):
                 from_gt = bool(torch.rand(()) < correction_from_gt)
@@ -251,9 +289,9 @@ def run_batch(
                     high_res_features=high_res_features,
                     multimask_output=model._use_multimask(True, point_inputs),
                 )
-                steps.append(sam_outputs)
-        for step in steps:
-            terms = sam2_frame_loss(step[1], step[2], step[6], gt)
+                steps.append((_ungated(model, raw), sam_outputs))
+        for logits, step in steps:
+            terms = sam2_frame_loss(logits, step[2], step[6], gt)
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + v
         _, _, _, low_res_masks, high_res_masks, obj_ptr, object_scores = sam_outputs
