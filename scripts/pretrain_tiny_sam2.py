@@ -70,6 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument(
+        "--mpp-range", type=float, nargs=2, default=(0.5, 2.0), help="micrometres per pixel (min, max)"
+    )
+    parser.add_argument("--video-fraction", type=float, default=0.5, help="share of stack batches")
+    parser.add_argument(
+        "--mask-prompt-fraction", type=float, default=0.5, help="share of stack batches prompted by a mask"
+    )
+    parser.add_argument(
+        "--box-fraction", type=float, default=0.5, help="share of point prompts that are boxes"
+    )
+    parser.add_argument(
+        "--focal-weight",
+        type=float,
+        default=20.0,
+        help="focal term weight (SAM2's 20; from random init 20 collapsed to empty masks here, 1 did not)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -110,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         corrections=args.corrections,
         lr=args.lr,
         warmup=min(args.warmup, max(1, args.iterations // 10)),
+        mpp_range=tuple(args.mpp_range),
+        video_fraction=args.video_fraction,
+        mask_prompt_fraction=args.mask_prompt_fraction,
+        box_fraction=args.box_fraction,
+        focal_weight=args.focal_weight,
     )
     out = Path(args.out)
     print(f"pretraining tiny SAM2: {json.dumps(cfg.as_dict())}, {args.threads} threads -> {out}", flush=True)
