@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         result["evaluations"],
         out / "pretrain_curve.png",
         title=f"tiny SAM2 pretraining on synthetic H&E ({cfg.iterations} iterations, seed {cfg.seed})",
+        focal_weight=cfg.focal_weight,
     )
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     record = {
