@@ -61,7 +61,8 @@ _TERMS = ("mask", "dice", "iou", "class")
 @dataclass(frozen=True)
 class PretrainConfig:
     """Settings of a pretraining run (all of them enter the run's identity: a saved state is resumed
-    only by the same settings).
+    only by the same settings). The defaults are the best run so far (``scripts/pretrain_tiny_sam2.py``
+    has the same ones).
 
     Attributes:
         iterations: optimiser steps (the run's length; fixed, not a time budget).
@@ -85,24 +86,24 @@ class PretrainConfig:
             collapsed to empty masks for 500+ iterations; 1 starts learning within 100.
     """
 
-    iterations: int = 2000
+    iterations: int = 2500
     seed: int = 0
     image_size: int = 128
     frames: int = 4
     videos_per_batch: int = 2
-    images_per_batch: int = 4
-    objects: int = 3
+    images_per_batch: int = 2
+    objects: int = 8
     video_fraction: float = 0.5
     mask_prompt_fraction: float = 0.5
     box_fraction: float = 0.5
     corrections: int = 2
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
     grad_clip: float = 1.0
-    mpp_range: tuple[float, float] = (0.5, 2.0)
+    mpp_range: tuple[float, float] = (1.4, 2.8)
     stain: str = "he"
-    focal_weight: float = 20.0
+    focal_weight: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
