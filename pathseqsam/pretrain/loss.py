@@ -20,7 +20,11 @@ SAM2_LOSS_WEIGHTS = {"mask": 20.0, "dice": 1.0, "iou": 1.0, "class": 1.0}
 
 
 def sam2_frame_loss(
-    multimasks: Tensor, ious: Tensor, object_score_logits: Tensor, target: Tensor
+    multimasks: Tensor,
+    ious: Tensor,
+    object_score_logits: Tensor,
+    target: Tensor,
+    focal_weight: float = SAM2_LOSS_WEIGHTS["mask"],
 ) -> dict[str, Tensor]:
     """One frame's (or one correction step's) loss terms.
 
@@ -29,10 +33,11 @@ def sam2_frame_loss(
         ious: ``[B, M]`` predicted IoUs.
         object_score_logits: ``[B, 1]``.
         target: ``[B, 1, H, W]`` binary ground truth.
+        focal_weight: weight of the focal term (SAM2's 20 by default), in the candidate choice too.
 
     Returns:
         ``{"mask", "dice", "iou", "class", "total"}`` scalars (``total`` weighted by
-        :data:`SAM2_LOSS_WEIGHTS`).
+        :data:`SAM2_LOSS_WEIGHTS`, the focal term by ``focal_weight``).
     """
     target = target.float().expand_as(multimasks)
     n = float(max(multimasks.shape[0], 1))
@@ -52,7 +57,7 @@ def sam2_frame_loss(
         / n
     )
     if multimasks.shape[1] > 1:
-        best = torch.argmin(focal * SAM2_LOSS_WEIGHTS["mask"] + dice * SAM2_LOSS_WEIGHTS["dice"], dim=1)
+        best = torch.argmin(focal * focal_weight + dice * SAM2_LOSS_WEIGHTS["dice"], dim=1)
         rows = torch.arange(multimasks.shape[0], device=multimasks.device)
         focal, dice, iou = focal[rows, best], dice[rows, best], iou.mean(1)
     else:
@@ -63,5 +68,6 @@ def sam2_frame_loss(
         "iou": (iou * present).sum(),
         "class": cls,
     }
-    terms["total"] = sum(SAM2_LOSS_WEIGHTS[k] * v for k, v in terms.items())
+    weights = {**SAM2_LOSS_WEIGHTS, "mask": focal_weight}
+    terms["total"] = sum(weights[k] * v for k, v in terms.items())
     return terms

@@ -47,7 +47,11 @@ def running_median(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_pretraining_curve(
-    history: list[dict[str, Any]], evaluations: list[dict[str, Any]], path: str | os.PathLike, title: str = ""
+    history: list[dict[str, Any]],
+    evaluations: list[dict[str, Any]],
+    path: str | os.PathLike,
+    title: str = "",
+    focal_weight: float = 20.0,
 ) -> Path:
     """PNG of the pretraining: loss per frame (image and video batches apart, running medians of 50)
     and its terms against iteration; held-out Dice (click on the first frame, propagated frames) on
@@ -58,6 +62,7 @@ def plot_pretraining_curve(
         evaluations: its held-out evaluations.
         path: destination PNG.
         title: figure title.
+        focal_weight: the run's focal weight (the focal term is drawn weighted).
 
     Returns:
         The written path.
@@ -82,8 +87,13 @@ def plot_pretraining_curve(
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("SAM2 loss per frame")
     ax_loss.legend(fontsize=8)
-    weights = {"mask": 20.0, "dice": 1.0, "iou": 1.0, "class": 1.0}
-    for key, name in (("mask", "20 x focal"), ("dice", "dice"), ("iou", "IoU L1"), ("class", "object score")):
+    weights = {"mask": focal_weight, "dice": 1.0, "iou": 1.0, "class": 1.0}
+    for key, name in (
+        ("mask", f"{focal_weight:g} x focal"),
+        ("dice", "dice"),
+        ("iou", "IoU L1"),
+        ("class", "object score"),
+    ):
         values = weights[key] * np.array([r[key] for r in history])
         ax_terms.plot(it, running_median(values, 50), label=name)
     ax_terms.set_yscale("log")

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
@@ -60,7 +61,8 @@ _TERMS = ("mask", "dice", "iou", "class")
 @dataclass(frozen=True)
 class PretrainConfig:
     """Settings of a pretraining run (all of them enter the run's identity: a saved state is resumed
-    only by the same settings).
+    only by the same settings). The defaults are the best run so far (``scripts/pretrain_tiny_sam2.py``
+    has the same ones).
 
     Attributes:
         iterations: optimiser steps (the run's length; fixed, not a time budget).
@@ -80,25 +82,28 @@ class PretrainConfig:
         grad_clip: gradient-norm clip.
         mpp_range: micrometres per pixel, drawn log-uniformly per sample.
         stain: stain preset of the pretraining data.
+        focal_weight: weight of the focal term (SAM2's 20). From random init on this data SAM2's 20
+            collapsed to empty masks for 500+ iterations; 1 starts learning within 100.
     """
 
-    iterations: int = 2000
+    iterations: int = 2500
     seed: int = 0
     image_size: int = 128
     frames: int = 4
     videos_per_batch: int = 2
-    images_per_batch: int = 4
-    objects: int = 3
+    images_per_batch: int = 2
+    objects: int = 8
     video_fraction: float = 0.5
     mask_prompt_fraction: float = 0.5
     box_fraction: float = 0.5
     corrections: int = 2
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
     grad_clip: float = 1.0
-    mpp_range: tuple[float, float] = (0.5, 2.0)
+    mpp_range: tuple[float, float] = (1.4, 2.8)
     stain: str = "he"
+    focal_weight: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
@@ -178,6 +183,7 @@ def run_batch(
     prompt: str,
     corrections: int = 0,
     correction_from_gt: float = 0.1,
+    focal_weight: float = 20.0,
 ) -> tuple[dict[str, Tensor], list[Tensor]]:
     """SAM2's training forward over one batch of stacks: prompt the first frame, propagate the rest.
 
@@ -190,18 +196,64 @@ def run_batch(
         corrections: correction clicks on frame 0 (point prompts only).
         correction_from_gt: probability of sampling a correction click from the object rather than
             from the error region (SAM2's ``prob_to_sample_from_gt_for_train``).
+        focal_weight: weight of the focal term in SAM2's loss.
 
     Returns:
         Summed loss terms (``mask``, ``dice``, ``iou``, ``class``, ``total``; summed over frames and
         correction steps as in SAM2), and the final high-resolution mask logits per frame ``[B, 1, H, W]``.
     """
+    backbone_out = model.forward_image(images)
+    _, feats, pos, sizes = model._prepare_backbone_features(backbone_out)
+    # SAM2 overwrites the mask logits with -1024 wherever the object-score logit is negative (a hard
+    # torch.where): from random init every tracked frame starts "absent" and its masks get no
+    # gradient (measured: propagated frames predicted nothing, whatever the prompt). The loss
+    # therefore reads the decoder's ungated masks (hook, upsampled as SAM2 does), as the main
+    # job's network does; memory encoding and evaluation keep SAM2's gated masks.
+    raw: list[Tensor] = []
+    hook = model.sam_mask_decoder.register_forward_hook(lambda _m, _i, output: raw.append(output[0]))
+    try:
+        return _run_frames(
+            model,
+            feats,
+            pos,
+            sizes,
+            masks,
+            video_of,
+            prompt,
+            corrections,
+            correction_from_gt,
+            raw,
+            focal_weight,
+        )
+    finally:
+        hook.remove()
+
+
+def _ungated(model: nn.Module, raw: list[Tensor]) -> Tensor:
+    """The last decoder call's mask logits before SAM2's object-score gate, at the input resolution."""
+    return F.interpolate(
+        raw[-1].float(), size=(model.image_size, model.image_size), mode="bilinear", align_corners=False
+    )
+
+
+def _run_frames(
+    model: nn.Module,
+    feats: list[Tensor],
+    pos: list[Tensor],
+    sizes: list[tuple[int, int]],
+    masks: Tensor,
+    video_of: Tensor,
+    prompt: str,
+    corrections: int,
+    correction_from_gt: float,
+    raw: list[Tensor],
+    focal_weight: float,
+) -> tuple[dict[str, Tensor], list[Tensor]]:
     from sam2.modeling.sam2_utils import get_next_point, sample_box_points
     from sam2.utils.misc import concat_points
 
     n_frames = masks.shape[0]
-    n_videos = images.shape[0] // n_frames
-    backbone_out = model.forward_image(images)
-    _, feats, pos, sizes = model._prepare_backbone_features(backbone_out)
+    n_videos = feats[-1].shape[1] // n_frames
     output_dict: dict[str, dict[int, Any]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     totals: dict[str, Tensor] = {}
     predictions = []
@@ -223,6 +275,7 @@ def run_batch(
                 point_inputs = {"point_coords": coords, "point_labels": labels}
             else:
                 raise ValueError(f"prompt must be 'mask', 'box' or 'click', got {prompt!r}")
+        raw.clear()
         current_out, sam_outputs, high_res_features, pix_feat = model._track_step(
             t,
             t == 0,
@@ -236,7 +289,9 @@ def run_batch(
             False,
             None,
         )
-        steps = [sam_outputs]
+        # a mask prompt is SAM2's output as it is (use_mask_input_as_output_without_sam): nothing to learn
+        mask_as_output = mask_inputs is not None and model.use_mask_input_as_output_without_sam
+        steps = [(sam_outputs[1] if mask_as_output else _ungated(model, raw), sam_outputs)]
         if t == 0 and point_inputs is not None:
             for _ in range(corrections):
                 from_gt = bool(torch.rand(()) < correction_from_gt)
@@ -251,9 +306,9 @@ def run_batch(
                     high_res_features=high_res_features,
                     multimask_output=model._use_multimask(True, point_inputs),
                 )
-                steps.append(sam_outputs)
-        for step in steps:
-            terms = sam2_frame_loss(step[1], step[2], step[6], gt)
+                steps.append((_ungated(model, raw), sam_outputs))
+        for logits, step in steps:
+            terms = sam2_frame_loss(logits, step[2], step[6], gt, focal_weight)
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + v
         _, _, _, low_res_masks, high_res_masks, obj_ptr, object_scores = sam_outputs
@@ -481,7 +536,9 @@ def _train_step(
     for group in optimizer.param_groups:
         group["lr"] = cfg.lr * _lr_factor(cfg, iteration)
     cpu = time.process_time()
-    terms, _ = run_batch(model, images, masks, video_of, plan["prompt"], cfg.corrections)
+    terms, _ = run_batch(
+        model, images, masks, video_of, plan["prompt"], cfg.corrections, focal_weight=cfg.focal_weight
+    )
     optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))

@@ -47,6 +47,24 @@ def test_single_mask_terms_match_the_reference():
     assert SAM2_LOSS_WEIGHTS == {"mask": 20.0, "dice": 1.0, "iou": 1.0, "class": 1.0}
 
 
+def test_focal_weight_enters_the_total_and_the_candidate_choice():
+    target = [1.0, 0.0, 0.0, 0.0]
+    # candidate 0: low focal, poor Dice (all low logits); candidate 1: high focal, good Dice
+    candidates = [[-1.0, -6.0, -6.0, -6.0], [4.0, 1.0, -6.0, -6.0]]
+    refs = [_reference(c, target) for c in candidates]
+    masks = torch.tensor(candidates).view(1, 2, 2, 2)
+    args = (masks, torch.tensor([[0.5, 0.5]]), torch.tensor([[2.0]]), torch.tensor(target).view(1, 1, 2, 2))
+    for weight in (20.0, 1.0):
+        best = min(range(2), key=lambda i: weight * refs[i][0] + refs[i][1])
+        terms = sam2_frame_loss(*args, focal_weight=weight)
+        assert terms["mask"].item() == pytest.approx(refs[best][0], rel=1e-5)
+        assert terms["dice"].item() == pytest.approx(refs[best][1], rel=1e-5)
+        expected = weight * refs[best][0] + refs[best][1] + terms["iou"].item() + terms["class"].item()
+        assert terms["total"].item() == pytest.approx(expected, rel=1e-5)
+    picks = {min(range(2), key=lambda i, w=w: w * refs[i][0] + refs[i][1]) for w in (20.0, 1.0)}
+    assert picks == {0, 1}  # the example does tell the weights apart
+
+
 def test_multimask_supervises_the_best_candidate_and_every_iou():
     target = [1.0, 1.0, 0.0, 0.0]
     candidates = [[-4.0, -4.0, 4.0, 4.0], [4.0, 4.0, -4.0, -4.0], [0.0, 0.0, 0.0, 0.0]]

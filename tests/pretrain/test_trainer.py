@@ -148,6 +148,36 @@ def test_run_batch_propagates_and_rejects_unknown_prompts():
         run_batch(model, images, masks, video_of, "scribble")
 
 
+def test_propagated_frames_train_their_masks_even_when_sam2_gates_them_off():
+    """From random init every propagated frame's object score is negative, so SAM2's gated logits are
+    all -1024 (no gradient): the loss must read the decoder's ungated masks, upsampled as SAM2 does."""
+    from sam2.modeling.sam2_base import NO_OBJ_SCORE
+
+    torch.manual_seed(0)
+    model = instantiate_sam2("tiny", SIZE, pathseqsam_class=False)
+    plan = {"frames": 2, "prompt": "mask", "keys": [(7, 0)]}
+    images, masks, video_of = _to_tensors(_samples(CFG, plan))
+    decoded = []
+    hook = model.sam_mask_decoder.register_forward_hook(lambda _m, _i, out: decoded.append(out))
+    terms, preds = run_batch(model, images, masks, video_of, "mask")
+    hook.remove()
+    low_res, _, _, scores = decoded[-1]  # frame 1, segmented from memory alone
+    assert (scores < 0).all() and (preds[1] == NO_OBJ_SCORE).all()  # gated off, as at random init
+    ungated = torch.nn.functional.interpolate(
+        low_res, size=(SIZE, SIZE), mode="bilinear", align_corners=False
+    )
+    # one candidate per object is supervised (the lowest 20 focal + dice), the IoU head on all of them
+    from pathseqsam.pretrain.loss import sam2_frame_loss
+
+    expected = sam2_frame_loss(ungated, decoded[-1][1], scores, masks[1])
+    # frame 0 is the prompted mask itself (~0 loss): the total is frame 1's
+    assert terms["mask"].item() == pytest.approx(expected["mask"].item(), rel=1e-5)
+    assert terms["mask"].item() < 1.0  # -1024 logits would give ~0.25 * 1024 per object pixel
+    terms["total"].backward()
+    memory_grad = sum(p.grad.abs().sum() for p in model.memory_attention.parameters() if p.grad is not None)
+    assert memory_grad > 0
+
+
 def test_running_median_ignores_spikes():
     values = [1.0, 1.0, 1000.0, 1.0, 1.0]
     assert list(running_median(values, 3)) == [1.0, 1.0, 1.0, 1.0, 1.0]
