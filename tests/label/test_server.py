@@ -196,6 +196,22 @@ def tiny_bundle(tmp: Path) -> Path:
     return bundle
 
 
+def demo_bundle_conf(tmp: Path, checkpoint: Path, **conf: str) -> tuple[Path, dict[str, str]]:
+    """A copy of the bundle's configs with a trained demo ``checkpoint``, and the server's ``--conf``.
+
+    Returns:
+        ``(bundle folder, conf)``: ``models`` and ``bundle`` set, the test overrides as ``bundle.<id>``
+        (JSON values), then ``conf``.
+    """
+    bundle = tmp / "bundle"
+    shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    shutil.copy(checkpoint, bundle / "models" / "model.pt")
+    settings = {"models": "pathseqsam", "bundle": str(bundle), **conf}
+    settings.update({f"bundle.{k}": json.dumps(v) for k, v in OVERRIDES.items()})
+    return bundle, settings
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("label_server")

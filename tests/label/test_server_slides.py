@@ -11,9 +11,7 @@ directly; regions outside the slide, levels it does not have and regions over th
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,12 +26,11 @@ if os.environ.get("PATHSEQSAM_LABEL_TESTS") != "required":
 import requests  # noqa: E402  (a MONAI Label dependency)
 
 from tests.label.test_server import (  # noqa: E402
-    OVERRIDES,
-    ROOT,
     Server,
     _network,
     _parts,
     _read_mask,
+    demo_bundle_conf,
     launch,
 )
 
@@ -58,17 +55,9 @@ def slide_server(tmp_path_factory, demo_checkpoint) -> Iterator[Server]:
     studies.mkdir()
     scene = make_slide_scene(SLIDE_PX, SLIDE_PX, mpp_um=SLIDE_MPP, n_glomeruli=20, seed=0)
     write_synthetic_slide(studies / "slideD.tiff", scene)
-    bundle = tmp / "bundle"
-    shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
-    (bundle / "models").mkdir()
-    shutil.copy(demo_checkpoint[0] / "models" / "model.pt", bundle / "models" / "model.pt")
-    conf = {
-        "models": "pathseqsam",
-        "bundle": str(bundle),
-        "skip_trainers": "true",
-        "max_megapixels": "1",
-        **{f"bundle.{k}": json.dumps(v) for k, v in OVERRIDES.items()},
-    }
+    bundle, conf = demo_bundle_conf(
+        tmp, demo_checkpoint[0] / "models" / "model.pt", skip_trainers="true", max_megapixels="1"
+    )
     with launch(tmp, studies, bundle, conf) as srv:
         yield srv
 

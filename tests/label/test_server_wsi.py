@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -33,7 +32,7 @@ if os.environ.get("PATHSEQSAM_LABEL_TESTS") != "required":
 import psutil  # noqa: E402  (a MONAI Label dependency)
 import requests  # noqa: E402
 
-from tests.label.test_server import OVERRIDES, ROOT, Server, launch  # noqa: E402
+from tests.label.test_server import OVERRIDES, Server, demo_bundle_conf, launch  # noqa: E402
 
 SIDE = 8192
 MPP = 0.5
@@ -64,17 +63,9 @@ def wsi_server(tmp_path_factory, demo_checkpoint) -> Iterator[Server]:
     studies.mkdir()
     write_test_slide(studies / "slideW.tiff")
     Image.fromarray(np.full((64, 64, 3), 240, np.uint8)).save(studies / "plainP.png")
-    bundle = tmp / "bundle"
-    shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
-    (bundle / "models").mkdir()
-    shutil.copy(demo_checkpoint[0] / "models" / "model.pt", bundle / "models" / "model.pt")
-    conf = {
-        "models": "pathseqsam",
-        "bundle": str(bundle),
-        "max_megapixels": "1",
-        "max_wsi_tiles": "400",
-        **{f"bundle.{k}": json.dumps(v) for k, v in OVERRIDES.items()},
-    }
+    bundle, conf = demo_bundle_conf(
+        tmp, demo_checkpoint[0] / "models" / "model.pt", max_megapixels="1", max_wsi_tiles="400"
+    )
     with launch(tmp, studies, bundle, conf) as srv:
         yield srv
 
