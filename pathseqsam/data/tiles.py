@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from pathseqsam.data.ordering import short_path_order
 
-__all__ = ["TILE_ORDERS", "Tile", "order_tiles", "otsu_threshold", "tile_grid", "tissue_mask"]
+__all__ = ["TILE_ORDERS", "Tile", "order_tiles", "otsu_threshold", "tile_grid", "tile_starts", "tissue_mask"]
 
 TILE_ORDERS = ("serpentine", "short_path")
 
@@ -87,14 +87,26 @@ def tissue_mask(
     return mask
 
 
-def _starts(extent_um: float, tile_um: float, stride_um: float) -> list[float]:
-    """Tile starts along one axis: every ``stride_um``, the last snapped so the tile ends at the edge."""
-    if extent_um <= tile_um:
-        return [0.0]
-    n = math.floor((extent_um - tile_um) / stride_um + 1e-9) + 1
-    starts = [i * stride_um for i in range(n)]
-    if starts[-1] + tile_um < extent_um - 1e-6:
-        starts.append(extent_um - tile_um)
+def tile_starts(extent: float, tile: float, stride: float) -> list[float]:
+    """Tile starts along one axis: every ``stride``, the last snapped so the tile ends at the edge.
+
+    Any one unit for the three (micrometres for slide tiles, pixels for label patches); with integer
+    arguments the starts are integers.
+
+    Args:
+        extent: length of the axis.
+        tile: tile length.
+        stride: distance between tile starts.
+
+    Returns:
+        ``[0]`` when one tile covers the axis, else the starts in increasing order.
+    """
+    if extent <= tile:
+        return [0 * stride]
+    n = math.floor((extent - tile) / stride + 1e-9) + 1
+    starts = [i * stride for i in range(n)]
+    if starts[-1] + tile < extent - 1e-6:
+        starts.append(extent - tile)
     return starts
 
 
@@ -127,8 +139,8 @@ def tile_grid(
     if tissue is not None and not tissue_mpp_um:
         raise ValueError("tissue_mpp_um is required with a tissue mask")
     tiles = []
-    for y in _starts(height_um, tile_um, stride_um):
-        for x in _starts(width_um, tile_um, stride_um):
+    for y in tile_starts(height_um, tile_um, stride_um):
+        for x in tile_starts(width_um, tile_um, stride_um):
             if tissue is not None:
                 r0, c0 = int(y / tissue_mpp_um), int(x / tissue_mpp_um)
                 r1 = max(r0 + 1, math.ceil((y + tile_um) / tissue_mpp_um))

@@ -27,6 +27,7 @@ __all__ = [
     "draw_contours",
     "geojson_feature",
     "object_polygon",
+    "ring_area",
     "sample_mask",
     "write_mask_pyramid",
 ]
@@ -102,6 +103,19 @@ def write_mask_pyramid(
             downsample *= 2
 
 
+def ring_area(ring: np.ndarray) -> float:
+    """Area enclosed by a polygon ring (shoelace formula), in the square of its coordinates' unit.
+
+    Args:
+        ring: ``[K, 2]`` (x, y) vertices, closed or not (a repeated closing point adds nothing).
+
+    Returns:
+        The absolute area.
+    """
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
 def object_polygon(component: np.ndarray) -> np.ndarray:
     """The outer outline of one 8-connected component, as a closed ``[K, 2]`` (x, y) ring.
 
@@ -124,11 +138,7 @@ def object_polygon(component: np.ndarray) -> np.ndarray:
     if not lines:
         raise ValueError("empty component has no outline")
 
-    def area(ring: np.ndarray) -> float:
-        x, y = ring[:, 0], ring[:, 1]
-        return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-    ring = max(lines, key=area) - 1.0  # undo the padding
+    ring = max(lines, key=ring_area) - 1.0  # undo the padding
     if not np.array_equal(ring[0], ring[-1]):
         ring = np.vstack([ring, ring[:1]])
     # drop points on straight runs (the pixel staircase keeps its corners)

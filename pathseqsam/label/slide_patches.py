@@ -35,12 +35,12 @@ from PIL import Image, ImageDraw
 
 from pathseqsam.data.errors import SequenceDataError
 from pathseqsam.data.slides import open_slide
+from pathseqsam.data.tiles import tile_starts
 
 __all__ = [
     "GLOMERULUS_GROUPS",
     "REGION_GROUPS",
     "SlideAnnotations",
-    "patch_starts",
     "read_asap_annotations",
     "slide_label_patches",
 ]
@@ -129,16 +129,6 @@ def read_asap_annotations(path: str | os.PathLike) -> SlideAnnotations:
     return SlideAnnotations(glomeruli, regions)
 
 
-def patch_starts(extent: int, patch: int) -> list[int]:
-    """Patch starts covering ``[0, extent)``: every ``patch`` pixels, the last one ending at the edge."""
-    if extent <= patch:
-        return [0]
-    starts = list(range(0, extent - patch + 1, patch))
-    if starts[-1] + patch < extent:
-        starts.append(extent - patch)
-    return starts
-
-
 def slide_label_patches(
     slide_path: str | os.PathLike,
     label_path: str | os.PathLike,
@@ -181,7 +171,7 @@ def slide_label_patches(
             )
         step = model_mpp_um / slide.mpp_um  # level-0 pixels per working pixel
         width, height = max(1, round((x1 - x0) / step)), max(1, round((y1 - y0) / step))
-        rows, cols = patch_starts(height, patch_px), patch_starts(width, patch_px)
+        rows, cols = tile_starts(height, patch_px, patch_px), tile_starts(width, patch_px, patch_px)
         if len(rows) * len(cols) > max_patches:
             raise SequenceDataError(
                 f"{label_path}: the annotated region is {width}x{height} px at {model_mpp_um:g} um/px, "

@@ -31,7 +31,7 @@ import torch
 
 from pathseqsam.data.slides import SlideError
 from pathseqsam.engine.slide_inference import SlideSegmenter, SlideTooLarge
-from pathseqsam.engine.slide_outputs import GLOMERULUS_CLASS
+from pathseqsam.engine.slide_outputs import GLOMERULUS_CLASS, ring_area
 from pathseqsam.label.options import RequestRefused, RequestTooLarge
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "NetworkBusy",
     "WholeSlideJobs",
     "annotation_json",
-    "features_to_contours",
     "kept_features",
     "write_output",
     "wsi_settings",
@@ -107,11 +106,6 @@ def wsi_settings(bundle_dir: str | Path, overrides: Mapping[str, Any]) -> dict[s
     return out
 
 
-def _ring_area(points: np.ndarray) -> float:
-    x, y = points[:, 0], points[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
 def _contour(feature: Mapping[str, Any]) -> list[list[int]] | None:
     """A feature's outer ring in whole level-0 pixels, each vertex once; None if it degenerates."""
     ring = np.rint(np.asarray(feature["geometry"]["coordinates"][0], dtype=np.float64)).astype(np.int64)
@@ -142,16 +136,9 @@ def kept_features(
     out = []
     for feature in features:
         contour = _contour(feature)
-        if contour is not None and _ring_area(np.asarray(contour, dtype=np.float64)) >= min_poly_area:
+        if contour is not None and ring_area(np.asarray(contour, dtype=np.float64)) >= min_poly_area:
             out.append((feature, contour))
     return out
-
-
-def features_to_contours(
-    features: Sequence[Mapping[str, Any]], min_poly_area: float = 0.0
-) -> list[list[list[int]]]:
-    """The contours of :func:`kept_features`."""
-    return [contour for _, contour in kept_features(features, min_poly_area)]
 
 
 class NetworkBusy(RequestRefused):
@@ -301,7 +288,7 @@ class WholeSlideJobs:
 
 
 def annotation_json(
-    result: Mapping[str, Any], model: str, description: str, min_poly_area: float = 0.0
+    result: Mapping[str, Any], model: str, description: str, kept: Sequence[tuple[Any, list[list[int]]]]
 ) -> dict[str, Any]:
     """MONAI Label's WSI answer (what its ASAP/DSA writers read) from :meth:`WholeSlideJobs.run`'s result.
 
@@ -309,7 +296,8 @@ def annotation_json(
         result: ``{"features", "summary", "region"}``.
         model: model name.
         description: the task's description.
-        min_poly_area: the request's ``min_poly_area`` (square level-0 pixels).
+        kept: the answer's polygons, :func:`kept_features` of ``result["features"]`` (the request's
+            ``min_poly_area`` applied once, for this answer and :func:`write_output`'s file).
 
     Returns:
         ``{"name", "description", "model", "location", "size", "count", "annotations": [{"annotation":
@@ -319,7 +307,7 @@ def annotation_json(
     location, size = (
         (region[:2], region[2:]) if region else ([0, 0], [summary["width_px"], summary["height_px"]])
     )
-    contours = features_to_contours(result["features"], min_poly_area)
+    contours = [contour for _, contour in kept]
     total = float(summary["timings_s"].get("total_s", 0.0))
     return {
         "name": f"MONAILabel Annotations - {model} for {[*location, *size]}",
@@ -346,13 +334,13 @@ def annotation_json(
 
 
 def write_output(
-    answer: Mapping[str, Any], features: Sequence[Mapping[str, Any]], output: str, min_poly_area: float = 0.0
+    answer: Mapping[str, Any], kept: Sequence[tuple[Mapping[str, Any], Any]], output: str
 ) -> str | None:
     """The answer file for ``output`` (a temporary file the endpoint deletes after sending), or None for json.
 
-    ``asap`` and ``dsa`` are MONAI Label's own writers (``monailabel.utils.others.pathology``);
-    ``geojson`` is the pipeline's QuPath GeoJSON (level-0 pixels, the features kept by
-    ``min_poly_area``).
+    ``asap`` and ``dsa`` are MONAI Label's own writers (``monailabel.utils.others.pathology``) on
+    ``answer``; ``geojson`` is the pipeline's QuPath GeoJSON (level-0 pixels) of the ``kept`` features
+    (:func:`kept_features`, the same polygons as ``answer``'s).
     """
     if output == "json":
         return None
@@ -365,7 +353,7 @@ def write_output(
 
         return create_dsa_annotations_json(answer, "INFO")[0]
     if output == "geojson":
-        chosen = [f for f, _ in kept_features(features, min_poly_area)]
+        chosen = [feature for feature, _ in kept]
         with tempfile.NamedTemporaryFile("w", suffix=".geojson", delete=False) as f:
             json.dump({"type": "FeatureCollection", "features": chosen}, f)
             return f.name

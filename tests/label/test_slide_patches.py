@@ -11,7 +11,8 @@ import tifffile
 from PIL import Image
 
 from pathseqsam.data.errors import SequenceDataError
-from pathseqsam.label.slide_patches import patch_starts, read_asap_annotations, slide_label_patches
+from pathseqsam.data.tiles import tile_starts
+from pathseqsam.label.slide_patches import read_asap_annotations, slide_label_patches
 from pathseqsam.synthetic.slides import make_slide_scene, write_synthetic_slide
 
 MPP = 0.5  # level 0; level 2 (4x) is the model's 2 um/px
@@ -42,12 +43,6 @@ def slide(tmp_path_factory):
     return write_synthetic_slide(tmp / "slideS.tiff", scene), scene
 
 
-def test_patch_starts_cover_the_extent():
-    assert patch_starts(200, 64) == [0, 64, 128, 136]
-    assert patch_starts(128, 64) == [0, 64]
-    assert patch_starts(40, 64) == [0]
-
-
 def test_region_label_becomes_patches_at_the_working_resolution(slide, tmp_path):
     path, scene = slide
     region = (400, 300, 1200, 900)  # level-0 x0, y0, x1, y1: 800 x 600 px = 200 x 150 at 2 um/px
@@ -68,7 +63,7 @@ def test_region_label_becomes_patches_at_the_working_resolution(slide, tmp_path)
     label.write_text(asap_xml(polygons))
 
     items = slide_label_patches(path, label, tmp_path / "patches", model_mpp_um=2.0, patch_px=64)
-    assert len(items) == len(patch_starts(150, 64)) * len(patch_starts(200, 64)) == 12
+    assert len(items) == len(tile_starts(150, 64, 64)) * len(tile_starts(200, 64, 64)) == 12
     assert all(item["mpp_um"] == 2.0 for item in items)
 
     # stitch the patches back: the image is level 2 (exactly 2 um/px) of the region, read with tifffile

@@ -12,7 +12,6 @@ from pathseqsam.label.options import RequestRefused, clean_request, wsi_options
 from pathseqsam.label.slide_wsi import (
     WSI_OUTPUTS,
     annotation_json,
-    features_to_contours,
     kept_features,
     write_output,
     wsi_settings,
@@ -81,11 +80,13 @@ def test_features_become_monailabel_contours():
     repeated = [[50.0, 50.0], [50.2, 50.1], [60.0, 50.0], [60.0, 60.0], [50.0, 50.0]]  # 50 px^2
     line = [[0.0, 0.0], [5.0, 0.0], [0.0, 0.0]]
     features = [_feature(square), _feature(repeated), _feature(line)]
-    assert features_to_contours(features) == [
+    assert [contour for _, contour in kept_features(features)] == [
         [[10, 10], [30, 10], [30, 30], [10, 30]],  # rounded, closing vertex dropped
         [[50, 50], [60, 50], [60, 60]],  # (50.2, 50.1) rounds onto (50, 50): merged
     ]
-    assert features_to_contours(features, min_poly_area=80) == [[[10, 10], [30, 10], [30, 30], [10, 30]]]
+    assert [contour for _, contour in kept_features(features, min_poly_area=80)] == [
+        [[10, 10], [30, 10], [30, 30], [10, 30]]
+    ]
     assert [f for f, _ in kept_features(features, 80)] == [features[0]]
 
 
@@ -109,17 +110,18 @@ def test_answers_parse_back(tmp_path):
         "width_px": 8192,
         "height_px": 4096,
     }
+    kept = kept_features(features, 80)
     answer = annotation_json(
-        {"features": features, "summary": summary, "region": None}, "pathseqsam", "d", 80
+        {"features": features, "summary": summary, "region": None}, "pathseqsam", "d", kept
     )
     assert answer["count"] == 1 and answer["size"] == [8192, 4096] and answer["location"] == [0, 0]
-    assert write_output(answer, features, "json", 80) is None
-    xml = Path(write_output(answer, features, "asap", 80))
+    assert write_output(answer, kept, "json") is None
+    xml = Path(write_output(answer, kept, "asap"))
     coords = [(c.get("X"), c.get("Y")) for c in ET.parse(xml).getroot().iter("Coordinate")]
     assert coords == [("100", "100"), ("200", "100"), ("200", "200")]
-    dsa = json.loads(Path(write_output(answer, features, "dsa", 80)).read_text())
+    dsa = json.loads(Path(write_output(answer, kept, "dsa")).read_text())
     assert [e["points"] for e in dsa["elements"]] == [[[100, 100, 0], [200, 100, 0], [200, 200, 0]]]
-    geojson = Path(write_output(answer, features, "geojson", 80))
+    geojson = Path(write_output(answer, kept, "geojson"))
     assert json.loads(geojson.read_text()) == {"type": "FeatureCollection", "features": [features[0]]}
     for path in (xml, geojson):  # the endpoint deletes its answer files after sending them
         path.unlink()

@@ -7,7 +7,8 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from pathseqsam.data.tiles import Tile, order_tiles, otsu_threshold, tile_grid, tissue_mask
+from pathseqsam.data.tiles import Tile, order_tiles, otsu_threshold, tile_grid, tile_starts, tissue_mask
+from pathseqsam.engine.slide_outputs import ring_area
 
 
 def test_otsu_separates_two_modes():
@@ -59,6 +60,23 @@ def test_grid_covers_the_slide_to_its_edge():
     assert tile_grid(100.0, 50.0, 256.0, 128.0) == [Tile(0.0, 0.0, 256.0)]
     with pytest.raises(ValueError, match="stride_um <= tile_um"):
         tile_grid(1000.0, 1000.0, 256.0, 300.0)
+
+
+def test_tile_starts_cover_the_extent():
+    """Label patches (pixels, stride = tile) and slide tiles (micrometres) share one rule."""
+    assert tile_starts(200, 64, 64) == [0, 64, 128, 136]
+    assert tile_starts(128, 64, 64) == [0, 64]
+    assert tile_starts(40, 64, 64) == [0]
+    assert all(isinstance(s, int) for s in tile_starts(200, 64, 64) + tile_starts(40, 64, 64))
+    assert tile_starts(1000.0, 512.0, 256.0) == [0.0, 256.0, 488.0]
+
+
+def test_ring_area_is_the_shoelace_area():
+    rectangle = np.array([[10, 10], [30, 10], [30, 20], [10, 20]], dtype=float)
+    assert ring_area(rectangle) == 200.0
+    assert ring_area(np.vstack([rectangle, rectangle[:1]])) == 200.0  # closed ring: same area
+    assert ring_area(rectangle[::-1]) == 200.0  # either orientation
+    assert ring_area(np.array([[0, 0], [6, 0], [0, 4]], dtype=float)) == 12.0
 
 
 def test_grid_keeps_tissue_tiles_only():

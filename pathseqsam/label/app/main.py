@@ -69,6 +69,7 @@ from pathseqsam.label.slide_wsi import (
     WSI_OUTPUTS,
     WholeSlideJobs,
     annotation_json,
+    kept_features,
     write_output,
     wsi_settings,
 )
@@ -278,8 +279,9 @@ class PathSeqSAMApp(MONAILabelApp):
             output = clean.get("output", "json")
             logger.info("whole-slide inference request: %s", clean)
             result = self.wsi_jobs.run(lambda: task._get_network(device, None), device, path, image, clean)
-            answer = annotation_json(result, model, task.description, min_poly_area)
-            return {"file": write_output(answer, result["features"], output, min_poly_area), "params": answer}
+            kept = kept_features(result["features"], min_poly_area)
+            answer = annotation_json(result, model, task.description, kept)
+            return {"file": write_output(answer, kept, output), "params": answer}
         except RequestRefused as exc:
             logger.warning("PathSeqSAM whole-slide request refused (%d): %s", exc.status_code, exc)
             raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
