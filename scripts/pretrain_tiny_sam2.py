@@ -93,6 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         help="focal term weight (SAM2's 20; from random init 20 collapsed to empty masks here, 1 did not)",
     )
     parser.add_argument(
+        "--union-fraction",
+        type=float,
+        default=0.25,
+        help="share of objects that are every instance of a structure together (multi-part objects)",
+    )
+    parser.add_argument(
+        "--multimask-tracking",
+        choices=("true", "false"),
+        default="false",
+        help="SAM2's multimask_output_for_tracking (false: propagated sections train the single-mask "
+        "token the bundle decodes with)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -138,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         mask_prompt_fraction=args.mask_prompt_fraction,
         box_fraction=args.box_fraction,
         focal_weight=args.focal_weight,
+        union_fraction=args.union_fraction,
+        multimask_tracking=args.multimask_tracking == "true",
     )
     out = Path(args.out)
     print(f"pretraining tiny SAM2: {json.dumps(cfg.as_dict())}, {args.threads} threads -> {out}", flush=True)

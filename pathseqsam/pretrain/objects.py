@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from pathseqsam.synthetic.tissue import Compartment
 
-__all__ = ["STRUCTURES", "Instance", "find_instances", "track_instance"]
+__all__ = ["STRUCTURES", "Instance", "find_instances", "structure_masks", "track_instance"]
 
 # structure name -> compartments it is made of. Parts (tuft, tubule lumen) are objects too, as SAM's
 # data has parts and wholes. Tubules touching each other are separated by their basement membrane
@@ -112,3 +112,24 @@ def track_instance(
         prev = best
         masks.append(best if best is not None else np.zeros_like(first.mask))
     return np.stack(masks)
+
+
+def structure_masks(structure: str, comps: list[np.ndarray], min_area: int = 16) -> np.ndarray:
+    """Every instance of one structure in each section, as one object (e.g. "all tubules").
+
+    SAM's data has objects made of several parts; a mask prompt of all instances of a kind, followed
+    through the stack, teaches the memory to carry a multi-part object, not only a single blob.
+
+    Args:
+        structure: a key of :data:`STRUCTURES`.
+        comps: compartment maps of sections ``0..T-1``.
+        min_area: smallest component kept in each section.
+
+    Returns:
+        bool ``[T, H, W]``: the union of the structure's components per section.
+    """
+    out = []
+    for comp in comps:
+        parts = _components(comp, structure, min_area)
+        out.append(np.logical_or.reduce(parts) if parts else np.zeros(comp.shape, dtype=bool))
+    return np.stack(out)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pathseqsam.pretrain.objects import find_instances, track_instance
+from pathseqsam.pretrain.objects import find_instances, structure_masks, track_instance
 from pathseqsam.synthetic.tissue import concentrations_to_rgb, make_tissue_block, render_section
 
 __all__ = ["VideoSample", "make_video_sample"]
@@ -51,6 +51,7 @@ def make_video_sample(
     stain: str = "he",
     spacing_um: tuple[float, float] = (2.0, 6.0),
     max_tries: int = 8,
+    union_fraction: float = 0.0,
 ) -> VideoSample:
     """Render one stack and pick its objects.
 
@@ -65,6 +66,9 @@ def make_video_sample(
         stain: stain preset.
         spacing_um: (min, max) distance between consecutive sections.
         max_tries: blocks drawn until one has an instance (a bare-glass field has none).
+        union_fraction: probability that an object is every instance of its structure together
+            (:func:`~pathseqsam.pretrain.objects.structure_masks`) instead of one instance; its name
+            is then ``"all <structure>"``. 0 draws nothing extra from ``rng`` (older runs unchanged).
 
     Returns:
         The :class:`VideoSample`.
@@ -90,13 +94,24 @@ def make_video_sample(
     for i, inst in enumerate(instances):
         by_structure.setdefault(inst.structure, []).append(i)
     names = list(by_structure)
+    comps = [s.compartments for s in sections]
     chosen: list[int] = []
+    tracks, structures = [], []
     for _ in range(objects):
-        pool = by_structure[names[int(rng.integers(len(names)))]]
+        name = names[int(rng.integers(len(names)))]
+        if union_fraction > 0 and rng.random() < union_fraction:
+            union = structure_masks(name, comps)
+            # section 0 holds exactly the instances found there (the prompt is never empty)
+            union[0] = np.logical_or.reduce([instances[i].mask for i in by_structure[name]])
+            tracks.append(union)
+            structures.append(f"all {name}")
+            continue
+        pool = by_structure[name]
         fresh = [i for i in pool if i not in chosen]
         chosen.append(int(rng.choice(fresh if fresh else pool)))
-    comps = [s.compartments for s in sections]
-    masks = np.stack([track_instance(instances[i], comps) for i in chosen])
+        tracks.append(track_instance(instances[chosen[-1]], comps))
+        structures.append(name)
+    masks = np.stack(tracks)
 
     images = []
     for s in sections:
@@ -112,6 +127,6 @@ def make_video_sample(
     return VideoSample(
         images=np.ascontiguousarray(video),
         masks=np.ascontiguousarray(masks),
-        structures=[instances[i].structure for i in chosen],
+        structures=structures,
         mpp_um=mpp,
     )

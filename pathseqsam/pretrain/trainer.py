@@ -84,6 +84,11 @@ class PretrainConfig:
         stain: stain preset of the pretraining data.
         focal_weight: weight of the focal term (SAM2's 20). From random init on this data SAM2's 20
             collapsed to empty masks for 500+ iterations; 1 starts learning within 100.
+        union_fraction: probability that an object is every instance of its structure together
+            (:func:`pathseqsam.pretrain.samples.make_video_sample`).
+        multimask_tracking: SAM2's ``multimask_output_for_tracking`` (true in its configs). The
+            bundle decodes every slice with the single-mask token (``multimask_output: false``);
+            false here trains that token on the propagated sections too, not only on boxes.
     """
 
     iterations: int = 2500
@@ -104,6 +109,8 @@ class PretrainConfig:
     mpp_range: tuple[float, float] = (1.4, 2.8)
     stain: str = "he"
     focal_weight: float = 1.0
+    union_fraction: float = 0.0
+    multimask_tracking: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
@@ -156,6 +163,7 @@ def _samples(cfg: PretrainConfig, plan: dict[str, Any]) -> list[VideoSample]:
             objects=cfg.objects,
             mpp_range=cfg.mpp_range,
             stain=cfg.stain,
+            union_fraction=cfg.union_fraction,
         )
         for key in plan["keys"]
     ]
@@ -358,7 +366,8 @@ def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6)
     was_training = model.training
     model.eval()
     plan = {"frames": cfg.frames, "prompt": "click", "keys": [(2**31 - 1, v) for v in range(videos)]}
-    images, masks, video_of = _to_tensors(_samples(cfg, plan))
+    # single instances only, so that runs with other object mixes are scored on the same objects
+    images, masks, video_of = _to_tensors(_samples(dataclasses.replace(cfg, union_fraction=0.0), plan))
     out = {}
     torch.manual_seed(0)
     for prompt in ("click", "mask"):
@@ -426,6 +435,7 @@ def pretrain(
     state_path = out / "state.pt"
     torch.manual_seed(cfg.seed)
     model = instantiate_sam2("tiny", cfg.image_size, pathseqsam_class=False)
+    model.multimask_output_for_tracking = cfg.multimask_tracking
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, float]] = []
