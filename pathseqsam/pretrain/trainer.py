@@ -119,6 +119,11 @@ class PretrainConfig:
         return out
 
 
+def _apply_model_settings(model: nn.Module, cfg: PretrainConfig) -> None:
+    """The run's settings that live on the SAM2 model rather than in the data or the loss."""
+    model.multimask_output_for_tracking = cfg.multimask_tracking
+
+
 def _iteration_rng(cfg: PretrainConfig, iteration: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(pretrain_data_seed(cfg.seed), spawn_key=(iteration,)))
 
@@ -435,7 +440,7 @@ def pretrain(
     state_path = out / "state.pt"
     torch.manual_seed(cfg.seed)
     model = instantiate_sam2("tiny", cfg.image_size, pathseqsam_class=False)
-    model.multimask_output_for_tracking = cfg.multimask_tracking
+    _apply_model_settings(model, cfg)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, float]] = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pathseqsam.pretrain.objects import STRUCTURES, find_instances, track_instance
+from pathseqsam.pretrain.objects import STRUCTURES, find_instances, structure_masks, track_instance
 from pathseqsam.pretrain.samples import make_video_sample
 from pathseqsam.synthetic.seeds import PRETRAIN_SEEDS
 from pathseqsam.synthetic.tissue import Compartment as C
@@ -91,3 +91,27 @@ def test_sample_without_structures_says_so(monkeypatch):
     monkeypatch.setattr(samples, "find_instances", lambda comp, min_area: [])
     with pytest.raises(RuntimeError, match=r"no structure found in 2 blocks \(seed 1000000, key \(0, 0\)\)"):
         samples.make_video_sample(PRETRAIN_SEEDS[0], (0, 0), image_size=64, frames=1, max_tries=2)
+
+
+def test_structure_masks_are_the_union_of_every_instance_per_section():
+    comp0 = _two_touching_tubules_and_a_glomerulus()
+    comp1 = np.full_like(comp0, C.INTERSTITIUM)
+    union = structure_masks("tubule", [comp0, comp1], min_area=4)
+    tubules = [i.mask for i in find_instances(comp0, min_area=4) if i.structure == "tubule"]
+    assert union.shape == (2, 40, 60) and len(tubules) == 2
+    np.testing.assert_array_equal(union[0], tubules[0] | tubules[1])
+    assert not union[1].any()
+
+
+def test_union_objects_cover_every_instance_of_their_structure():
+    s = make_video_sample(PRETRAIN_SEEDS[0], (5, 0), image_size=96, frames=3, objects=6, union_fraction=1.0)
+    assert all(name.startswith("all ") for name in s.structures)
+    assert s.masks[:, 0].reshape(6, -1).any(1).all()  # the prompted section always shows the object
+    # several instances make one object (the tubules of a field are never a single one)
+    pieces = {name: ndimage.label(s.masks[k, 0])[1] for k, name in enumerate(s.structures)}
+    assert max(pieces.values()) > 1, pieces
+    # 0 keeps the single-instance objects of the runs made before the setting existed
+    plain = make_video_sample(PRETRAIN_SEEDS[0], (5, 0), image_size=96, frames=3, objects=6)
+    assert all(name in STRUCTURES for name in plain.structures)
+    for k in range(6):
+        assert ndimage.label(plain.masks[k, 0])[1] == 1

@@ -181,3 +181,23 @@ def test_propagated_frames_train_their_masks_even_when_sam2_gates_them_off():
 def test_running_median_ignores_spikes():
     values = [1.0, 1.0, 1000.0, 1.0, 1.0]
     assert list(running_median(values, 3)) == [1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_single_mask_tracking_trains_the_token_the_bundle_decodes_with():
+    """With multimask_tracking false, propagated sections are decoded (and supervised) with SAM2's
+    single-mask token, as the bundle's network decodes every slice (multimask_output false)."""
+    from pathseqsam.pretrain.trainer import _apply_model_settings
+
+    plan = {"frames": 2, "prompt": "mask", "keys": [(7, 0)]}
+    images, masks, video_of = _to_tensors(_samples(CFG, plan))
+    counts = {}
+    for tracking in (True, False):
+        torch.manual_seed(0)
+        model = instantiate_sam2("tiny", SIZE, pathseqsam_class=False)
+        _apply_model_settings(model, PretrainConfig(multimask_tracking=tracking))
+        decoded = []
+        hook = model.sam_mask_decoder.register_forward_hook(lambda _m, _i, out, d=decoded: d.append(out))
+        run_batch(model, images, masks, video_of, "mask")
+        hook.remove()
+        counts[tracking] = decoded[-1][0].shape[1]  # masks returned for frame 1 (memory only)
+    assert counts == {True: 3, False: 1}
