@@ -49,59 +49,70 @@ def _git(*args: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pathseqsam.pretrain import PretrainConfig
+
+    d = PretrainConfig()  # the defaults live in one place: the dataclass
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/pretrain", help="run folder (state, history, checkpoint)")
-    parser.add_argument("--iterations", type=int, default=2500)
-    parser.add_argument("--seed", type=int, default=0, help="run seed (data from PRETRAIN_SEEDS[seed])")
+    parser.add_argument("--iterations", type=int, default=d.iterations)
+    parser.add_argument("--seed", type=int, default=d.seed, help="run seed (data from PRETRAIN_SEEDS[seed])")
     parser.add_argument(
-        "--image-size", type=int, default=128, help="model input side (the demo's; keys do not depend on it)"
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="model input side (the demo's; keys do not depend on it)",
     )
-    parser.add_argument("--frames", type=int, default=4, help="sections per stack")
-    parser.add_argument("--videos-per-batch", type=int, default=2)
-    parser.add_argument("--images-per-batch", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=d.frames, help="sections per stack")
+    parser.add_argument("--videos-per-batch", type=int, default=d.videos_per_batch)
+    parser.add_argument("--images-per-batch", type=int, default=d.images_per_batch)
     parser.add_argument(
         "--objects",
         type=int,
-        default=8,
+        default=d.objects,
         help="objects per stack or image (more breaks the prompt symmetry sooner)",
     )
     parser.add_argument(
-        "--corrections", type=int, default=2, help="correction clicks on the prompted section"
+        "--corrections", type=int, default=d.corrections, help="correction clicks on the prompted section"
     )
     parser.add_argument(
         "--lr",
         type=float,
-        default=1e-3,
+        default=d.lr,
         help="peak lr (3e-3 was slower to pick up prompts on a toy; 256 px at 1e-3 with the old loss "
         "predicted nothing after 240 iterations)",
     )
-    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=d.warmup)
     parser.add_argument(
-        "--mpp-range", type=float, nargs=2, default=(1.4, 2.8), help="micrometres per pixel (min, max)"
-    )
-    parser.add_argument("--video-fraction", type=float, default=0.5, help="share of stack batches")
-    parser.add_argument(
-        "--mask-prompt-fraction", type=float, default=0.5, help="share of stack batches prompted by a mask"
+        "--mpp-range", type=float, nargs=2, default=d.mpp_range, help="micrometres per pixel (min, max)"
     )
     parser.add_argument(
-        "--box-fraction", type=float, default=0.5, help="share of point prompts that are boxes"
+        "--video-fraction", type=float, default=d.video_fraction, help="share of stack batches"
+    )
+    parser.add_argument(
+        "--mask-prompt-fraction",
+        type=float,
+        default=d.mask_prompt_fraction,
+        help="share of stack batches prompted by a mask",
+    )
+    parser.add_argument(
+        "--box-fraction", type=float, default=d.box_fraction, help="share of point prompts that are boxes"
     )
     parser.add_argument(
         "--focal-weight",
         type=float,
-        default=1.0,
+        default=d.focal_weight,
         help="focal term weight (SAM2's 20; from random init 20 collapsed to empty masks here, 1 did not)",
     )
     parser.add_argument(
         "--union-fraction",
         type=float,
-        default=0.25,
+        default=d.union_fraction,
         help="share of objects that are every instance of a structure together (multi-part objects)",
     )
     parser.add_argument(
         "--multimask-tracking",
         choices=("true", "false"),
-        default="false",
+        default=str(d.multimask_tracking).lower(),
         help="SAM2's multimask_output_for_tracking (false: propagated sections train the single-mask "
         "token the bundle decodes with)",
     )
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from pathseqsam.atomic import atomic_write, atomic_write_text
-    from pathseqsam.pretrain import PretrainConfig, pretrain
+    from pathseqsam.pretrain import pretrain
     from pathseqsam.pretrain.report import plot_pretraining_curve, sha256_of
 
     cfg = PretrainConfig(

@@ -109,8 +109,8 @@ class PretrainConfig:
     mpp_range: tuple[float, float] = (1.4, 2.8)
     stain: str = "he"
     focal_weight: float = 1.0
-    union_fraction: float = 0.0
-    multimask_tracking: bool = True
+    union_fraction: float = 0.25
+    multimask_tracking: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
