@@ -106,8 +106,10 @@ def plot_pretraining_curve(
             ("click_first", "1 click, prompted slice"),
             ("click_propagated", "1 click, propagated slices"),
             ("mask_propagated", "mask, propagated slices"),
+            ("other_mask_propagated", "another object's mask, propagated (low: memory used)"),
         ):
-            ax_eval.plot(e_it, [e[key] for e in evaluations], "o-", label=name)
+            if all(key in e for e in evaluations):  # records from before this key was measured lack it
+                ax_eval.plot(e_it, [e[key] for e in evaluations], "o-", label=name)
         ax_eval.set_ylim(0, 1)
         ax_eval.legend(fontsize=8)
     ax_eval.set_xlabel("iteration")

@@ -48,6 +48,7 @@ from pathseqsam.synthetic.seeds import pretrain_data_seed
 __all__ = [
     "PretrainConfig",
     "evaluate_propagation",
+    "other_object_of_same_stack",
     "pretrain",
     "run_batch",
     "save_sam2_checkpoint",
@@ -353,6 +354,24 @@ def _dice(logits: Tensor, target: Tensor) -> Tensor:
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
 
 
+def other_object_of_same_stack(video_of: Tensor) -> Tensor:
+    """For each object, the index of the next object of its own stack (cyclically): a derangement
+    within each stack, so every object is prompted with a mask that is not its own but lies in the
+    same images. A stack with a single object keeps it.
+
+    Args:
+        video_of: ``[B]`` stack of each object.
+
+    Returns:
+        ``[B]`` long indices.
+    """
+    out = torch.arange(len(video_of))
+    for v in video_of.unique():
+        members = torch.nonzero(video_of == v).flatten()
+        out[members] = members.roll(-1)
+    return out
+
+
 @torch.no_grad()
 def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6) -> dict[str, float]:
     """Dice of the prompted frame and of the propagated frames on held-out stacks (keys
@@ -365,8 +384,12 @@ def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6)
         videos: held-out stacks.
 
     Returns:
-        ``{"click_first", "click_propagated", "mask_propagated"}`` mean Dice over objects (propagated:
-        over frames 1..T-1; a frame where the object has gone and nothing is predicted counts 1).
+        ``{"click_first", "click_propagated", "mask_propagated", "other_mask_propagated"}`` mean Dice
+        over objects (propagated: over frames 1..T-1; a frame where the object has gone and nothing is
+        predicted counts 1). ``other_mask_propagated`` prompts each object's first frame with the
+        mask of another object of its stack (:func:`other_object_of_same_stack`) and scores the
+        propagation against the object itself: a memory that carries the prompt drives it well below
+        ``mask_propagated``; equal values mean the propagated frames ignore their memory.
     """
     was_training = model.training
     model.eval()
@@ -375,12 +398,18 @@ def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6)
     images, masks, video_of = _to_tensors(_samples(dataclasses.replace(cfg, union_fraction=0.0), plan))
     out = {}
     torch.manual_seed(0)
-    for prompt in ("click", "mask"):
-        _, preds = run_batch(model, images, masks, video_of, prompt)
-        if prompt == "click":
+    swapped = masks.clone()
+    swapped[0] = masks[0, other_object_of_same_stack(video_of)]
+    for name, prompt, prompted in (
+        ("click", "click", masks),
+        ("mask", "mask", masks),
+        ("other_mask", "mask", swapped),
+    ):
+        _, preds = run_batch(model, images, prompted, video_of, prompt)
+        if name == "click":
             out["click_first"] = float(_dice(preds[0], masks[0]).mean())
         later = torch.stack([_dice(p, m) for p, m in zip(preds[1:], masks[1:])]) if len(preds) > 1 else None
-        out[f"{prompt}_propagated"] = float(later.mean()) if later is not None else float("nan")
+        out[f"{name}_propagated"] = float(later.mean()) if later is not None else float("nan")
     model.train(was_training)
     return out
 

@@ -14,7 +14,14 @@ from pathseqsam.modeling.build import instantiate_sam2
 from pathseqsam.modeling.checkpoint import PATHSEQSAM_NEW_KEYS
 from pathseqsam.pretrain import PretrainConfig, pretrain
 from pathseqsam.pretrain.report import running_median, sha256_of
-from pathseqsam.pretrain.trainer import _samples, _to_tensors, plan_batch, run_batch
+from pathseqsam.pretrain.trainer import (
+    _samples,
+    _to_tensors,
+    evaluate_propagation,
+    other_object_of_same_stack,
+    plan_batch,
+    run_batch,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -96,6 +103,7 @@ def test_checkpoint_is_sam2_format_and_loads_like_an_official_one(scripted_run):
     assert record["config"] == CFG.as_dict()
     assert [e["iteration"] for e in record["evaluations"]] == [3]
     assert 0.0 <= record["evaluations"][0]["click_first"] <= 1.0
+    assert 0.0 <= record["evaluations"][0]["other_mask_propagated"] <= 1.0
     assert (run / "pretrain_curve.png").stat().st_size > 10_000
     history = json.loads((run / "history.json").read_text())["history"]
     assert [h["iteration"] for h in history] == [1, 2, 3]
@@ -201,3 +209,20 @@ def test_single_mask_tracking_trains_the_token_the_bundle_decodes_with():
         hook.remove()
         counts[tracking] = decoded[-1][0].shape[1]  # masks returned for frame 1 (memory only)
     assert counts == {True: 3, False: 1}
+
+
+def test_other_object_is_a_different_object_of_the_same_stack():
+    video_of = torch.tensor([0, 0, 0, 1, 1, 2])
+    other = other_object_of_same_stack(video_of)
+    assert other.tolist() == [1, 2, 0, 4, 3, 5]  # stack 2 has one object: it keeps it
+    assert torch.equal(video_of[other], video_of)
+
+
+def test_prompting_with_the_own_mask_is_the_mask_row():
+    # one object per stack: "another object's mask" is the object's own, so the two rows agree exactly
+    torch.manual_seed(0)
+    model = instantiate_sam2("tiny", SIZE, pathseqsam_class=False)
+    cfg = PretrainConfig(image_size=SIZE, frames=2, objects=1)
+    scores = evaluate_propagation(model, cfg, videos=2)
+    assert set(scores) == {"click_first", "click_propagated", "mask_propagated", "other_mask_propagated"}
+    assert scores["other_mask_propagated"] == scores["mask_propagated"]
