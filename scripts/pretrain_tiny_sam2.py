@@ -17,8 +17,8 @@ every ``--save-every`` iterations (run the same command again to resume), and at
   settings, wall time, held-out Dice);
 * with ``--install PATH``: the checkpoint copied to PATH and its record to ``PATH`` with ``.json``.
 
-The defaults are the best run so far (bundle/docs/README.md, "Pretraining the tiny SAM2"; not
-shipped: it does not help the demo job)::
+The defaults are the run whose checkpoint fine-tunes best so far (run G; not shipped: below the demo's
+floor), though its memory path is not learned (bundle/docs/README.md, "Pretraining the tiny SAM2")::
 
     python scripts/pretrain_tiny_sam2.py --out outputs/pretrain
 """
