@@ -107,6 +107,7 @@ def plot_pretraining_curve(
             ("click_propagated", "1 click, propagated slices"),
             ("mask_propagated", "mask, propagated slices"),
             ("other_mask_propagated", "another object's mask, propagated (low: memory used)"),
+            ("other_click_first", "another object's click, prompted slice (low: click used)"),
         ):
             if all(key in e for e in evaluations):  # records from before this key was measured lack it
                 ax_eval.plot(e_it, [e[key] for e in evaluations], "o-", label=name)

@@ -385,12 +385,17 @@ def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6)
         videos: held-out stacks.
 
     Returns:
-        ``{"click_first", "click_propagated", "mask_propagated", "other_mask_propagated"}`` mean Dice
-        over objects (propagated: over frames 1..T-1; a frame where the object has gone and nothing is
-        predicted counts 1). ``other_mask_propagated`` prompts each object's first frame with the
-        mask of another object of its stack (:func:`other_object_of_same_stack`) and scores the
-        propagation against the object itself: a memory that carries the prompt drives it well below
-        ``mask_propagated``; equal values mean the propagated frames ignore their memory.
+        ``{"click_first", "click_propagated", "mask_propagated", "other_mask_propagated",
+        "other_click_first"}`` mean Dice over objects (propagated: over frames 1..T-1; a frame where
+        the object has gone and nothing is predicted counts 1). ``other_mask_propagated`` prompts each
+        object's first frame with the mask of another object of its stack
+        (:func:`other_object_of_same_stack`) and scores the propagation against the object itself: a
+        memory that carries the prompt drives it well below ``mask_propagated``; equal values mean the
+        propagated frames ignore their memory. ``other_click_first`` does the same for the click on
+        the prompted frame: a decoder that follows clicks scores far below ``click_first`` there;
+        equal values mean it predicts the same mask wherever the click is. Every run draws its
+        clicks from the same random state, so with one object per stack the ``other_`` rows equal
+        their own-prompt rows exactly.
     """
     was_training = model.training
     model.eval()
@@ -398,17 +403,20 @@ def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6)
     # single instances only, so that runs with other object mixes are scored on the same objects
     images, masks, video_of = _to_tensors(_samples(dataclasses.replace(cfg, union_fraction=0.0), plan))
     out = {}
-    torch.manual_seed(0)
     swapped = masks.clone()
     swapped[0] = masks[0, other_object_of_same_stack(video_of)]
     for name, prompt, prompted in (
         ("click", "click", masks),
         ("mask", "mask", masks),
         ("other_mask", "mask", swapped),
+        ("other_click", "click", swapped),
     ):
+        torch.manual_seed(0)  # the clicks' random state (mask prompts draw nothing)
         _, preds = run_batch(model, images, prompted, video_of, prompt)
-        if name == "click":
-            out["click_first"] = float(_dice(preds[0], masks[0]).mean())
+        if prompt == "click":
+            out[f"{name}_first"] = float(_dice(preds[0], masks[0]).mean())
+        if name == "other_click":
+            continue  # its propagated frames add nothing to other_mask_propagated
         later = torch.stack([_dice(p, m) for p, m in zip(preds[1:], masks[1:])]) if len(preds) > 1 else None
         out[f"{name}_propagated"] = float(later.mean()) if later is not None else float("nan")
     model.train(was_training)

@@ -218,11 +218,18 @@ def test_other_object_is_a_different_object_of_the_same_stack():
     assert torch.equal(video_of[other], video_of)
 
 
-def test_prompting_with_the_own_mask_is_the_mask_row():
-    # one object per stack: "another object's mask" is the object's own, so the two rows agree exactly
+def test_prompting_with_the_own_mask_or_click_is_the_own_row():
+    # one object per stack: "another object's" prompt is the object's own, so the rows agree exactly
     torch.manual_seed(0)
     model = instantiate_sam2("tiny", SIZE, pathseqsam_class=False)
     cfg = PretrainConfig(image_size=SIZE, frames=2, objects=1)
     scores = evaluate_propagation(model, cfg, videos=2)
-    assert set(scores) == {"click_first", "click_propagated", "mask_propagated", "other_mask_propagated"}
+    assert set(scores) == {
+        "click_first",
+        "click_propagated",
+        "mask_propagated",
+        "other_mask_propagated",
+        "other_click_first",
+    }
     assert scores["other_mask_propagated"] == scores["mask_propagated"]
+    assert scores["other_click_first"] == scores["click_first"]
