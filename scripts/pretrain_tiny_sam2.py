@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         help="share of objects that are every instance of a structure together (multi-part objects)",
     )
     parser.add_argument(
+        "--instance-fraction",
+        type=float,
+        default=d.instance_fraction,
+        help="share of objects drawn uniformly among all instances (SAM2's masklet sampling) instead of "
+        "structure first (which over-samples glomeruli: the decoder learned to ignore clicks)",
+    )
+    parser.add_argument(
         "--multimask-tracking",
         choices=("true", "false"),
         default=str(d.multimask_tracking).lower(),
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         box_fraction=args.box_fraction,
         focal_weight=args.focal_weight,
         union_fraction=args.union_fraction,
+        instance_fraction=args.instance_fraction,
         multimask_tracking=args.multimask_tracking == "true",
     )
     out = Path(args.out)

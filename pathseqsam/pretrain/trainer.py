@@ -88,6 +88,8 @@ class PretrainConfig:
             collapsed to empty masks for 500+ iterations; 1 starts learning within 100.
         union_fraction: probability that an object is every instance of its structure together
             (:func:`pathseqsam.pretrain.samples.make_video_sample`).
+        instance_fraction: probability that an object is drawn uniformly among all instances rather
+            than structure first (same function).
         multimask_tracking: SAM2's ``multimask_output_for_tracking`` (true in its configs). The
             bundle decodes every slice with the single-mask token (``multimask_output: false``);
             false here trains that token on the propagated sections too, not only on boxes.
@@ -113,6 +115,7 @@ class PretrainConfig:
     focal_weight: float = 1.0
     union_fraction: float = 0.25
     multimask_tracking: bool = False
+    instance_fraction: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
@@ -171,6 +174,7 @@ def _samples(cfg: PretrainConfig, plan: dict[str, Any]) -> list[VideoSample]:
             mpp_range=cfg.mpp_range,
             stain=cfg.stain,
             union_fraction=cfg.union_fraction,
+            instance_fraction=cfg.instance_fraction,
         )
         for key in plan["keys"]
     ]
@@ -401,7 +405,9 @@ def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6)
     model.eval()
     plan = {"frames": cfg.frames, "prompt": "click", "keys": [(2**31 - 1, v) for v in range(videos)]}
     # single instances only, so that runs with other object mixes are scored on the same objects
-    images, masks, video_of = _to_tensors(_samples(dataclasses.replace(cfg, union_fraction=0.0), plan))
+    images, masks, video_of = _to_tensors(
+        _samples(dataclasses.replace(cfg, union_fraction=0.0, instance_fraction=0.0), plan)
+    )
     out = {}
     swapped = masks.clone()
     swapped[0] = masks[0, other_object_of_same_stack(video_of)]

@@ -115,3 +115,34 @@ def test_union_objects_cover_every_instance_of_their_structure():
     assert all(name in STRUCTURES for name in plain.structures)
     for k in range(6):
         assert ndimage.label(plain.masks[k, 0])[1] == 1
+
+
+def test_instance_sampling_draws_distinct_instances_in_proportion_to_their_number():
+    s = make_video_sample(
+        PRETRAIN_SEEDS[0], (5, 0), image_size=96, frames=3, objects=6, instance_fraction=1.0
+    )
+    first = s.masks[:, 0].reshape(6, -1)
+    assert first.any(1).all()
+    # without replacement while unchosen instances remain: no two objects share their first mask
+    assert len({m.tobytes() for m in first}) == 6
+    assert all(ndimage.label(s.masks[k, 0])[1] == 1 for k in range(6))
+    # uniform over instances: the many tubules of a field outnumber the glomerulus family, which
+    # structure-first sampling over-draws (glomerulus and tuft are two structures of one glomerulus)
+    counts = {"instance": {}, "structure": {}}
+    for key in range(12):
+        for mode, fraction in (("instance", 1.0), ("structure", 0.0)):
+            names = make_video_sample(
+                PRETRAIN_SEEDS[0], (key, 0), image_size=128, frames=1, objects=8, instance_fraction=fraction
+            ).structures
+            for name in names:
+                counts[mode][name] = counts[mode].get(name, 0) + 1
+    glom = {m: c.get("glomerulus", 0) + c.get("glomerular tuft", 0) for m, c in counts.items()}
+    assert counts["instance"]["tubule"] > 1.5 * counts["structure"]["tubule"], counts
+    assert glom["instance"] < glom["structure"], counts
+    # 0 draws nothing extra: the samples of runs made before the setting existed are unchanged
+    a = make_video_sample(PRETRAIN_SEEDS[0], (5, 0), image_size=96, frames=3, objects=6)
+    b = make_video_sample(
+        PRETRAIN_SEEDS[0], (5, 0), image_size=96, frames=3, objects=6, instance_fraction=0.0
+    )
+    np.testing.assert_array_equal(a.masks, b.masks)
+    np.testing.assert_array_equal(a.images, b.images)
