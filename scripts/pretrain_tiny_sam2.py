@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         "--eval-every", type=int, default=500, help="held-out Dice every N iterations (0: at the end)"
     )
     parser.add_argument(
+        "--init",
+        default=None,
+        help="start from this SAM2 checkpoint (an earlier run's) instead of random weights: SAM2's "
+        "second stage, the video mix after images only",
+    )
+    parser.add_argument(
         "--install", default=None, help="copy the final checkpoint here (and its record next to it)"
     )
     args = parser.parse_args(argv)
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         log_every=args.log_every,
         eval_every=args.eval_every,
         data_workers=args.data_workers,
+        init_checkpoint=args.init,
         progress=lambda line: print(time.strftime("%H:%M:%S ") + line, flush=True),
     )
     checkpoint = Path(result["checkpoint"])
@@ -202,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         + shlex.join(sys.argv[1:] if argv is None else argv),
         "commit": _git("rev-parse", "HEAD") + (" (uncommitted changes)" if dirty else ""),
         "config": cfg.as_dict(),
+        "init": None if args.init is None else {"file": args.init, "sha256": sha256_of(Path(args.init))},
         "threads": args.threads,
         "seconds": round(result["seconds"], 1),
         "wall_seconds_this_invocation": round(time.time() - start, 1),

@@ -457,6 +457,7 @@ def pretrain(
     progress: Callable[[str], None] | None = None,
     stop_after: int | None = None,
     data_workers: int = 0,
+    init_checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Pretrain the ``tiny`` SAM2 (resuming ``out_dir/state.pt`` when its settings match).
 
@@ -471,12 +472,16 @@ def pretrain(
             writing the final checkpoint: for tests of resuming.
         data_workers: processes rendering the next batches while the model trains (0: render in this
             process). The samples are a function of the iteration, so results do not depend on it.
+        init_checkpoint: SAM2 checkpoint (``{"model": state_dict}``, e.g. an earlier run's) to start
+            from instead of random weights; ignored when resuming. SAM2 is pretrained in two stages
+            the same way: images first (SA-1B), then the mix with videos.
 
     Returns:
         ``{"checkpoint": path or None, "history": [...], "evaluations": [...], "seconds": float}``.
 
     Raises:
         ValueError: ``out_dir/state.pt`` belongs to other settings.
+        FileNotFoundError: ``init_checkpoint`` does not exist.
     """
     say = progress or logger.info
     out = Path(out_dir)
@@ -484,6 +489,12 @@ def pretrain(
     state_path = out / "state.pt"
     torch.manual_seed(cfg.seed)
     model = instantiate_sam2("tiny", cfg.image_size, pathseqsam_class=False)
+    if init_checkpoint is not None and not state_path.is_file():
+        init = Path(init_checkpoint)
+        if not init.is_file():
+            raise FileNotFoundError(f"init checkpoint not found: {init}")
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True)["model"])
+        say(f"starting from the weights of {init}")
     _apply_model_settings(model, cfg)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -141,6 +141,25 @@ def test_another_seed_other_weights_and_other_settings_refuse_the_state(scripted
         pretrain(CFG, tmp_path / "c")
 
 
+def test_a_second_stage_starts_from_the_first_stage_checkpoint(scripted_run, tmp_path):
+    run, _ = scripted_run
+    first = run / "sam2_tiny_pretrained.pt"
+    lines = []
+    # stopped before its first iteration: the saved state holds exactly the weights it started from
+    pretrain(CFG, tmp_path / "s2", init_checkpoint=first, stop_after=0, save_every=1, progress=lines.append)
+    saved = torch.load(tmp_path / "s2" / "state.pt", weights_only=True)["model"]
+    start = torch.load(first, weights_only=True)["model"]
+    assert saved.keys() == start.keys() and all(torch.equal(saved[k], start[k]) for k in start)
+    assert any(line == f"starting from the weights of {first}" for line in lines)
+    # the record names the checkpoint it started from
+    out = tmp_path / "script"
+    assert _script().main([*ARGS, "--out", str(out), "--init", str(first), "--eval-every", "0"]) == 0
+    record = json.loads((out / "record.json").read_text())
+    assert record["init"] == {"file": str(first), "sha256": sha256_of(first)}
+    with pytest.raises(FileNotFoundError, match=r"init checkpoint not found: .*missing\.pt"):
+        pretrain(CFG, tmp_path / "s3", init_checkpoint=tmp_path / "missing.pt")
+
+
 def test_run_batch_propagates_and_rejects_unknown_prompts():
     torch.manual_seed(0)
     model = instantiate_sam2("tiny", SIZE, pathseqsam_class=False)
