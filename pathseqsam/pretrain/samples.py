@@ -106,24 +106,21 @@ def make_video_sample(
     tracks, structures = [], []
     for _ in range(objects):
         if instance_fraction > 0 and rng.random() < instance_fraction:
-            fresh = [i for i in range(len(instances)) if i not in chosen]
-            chosen.append(int(rng.choice(fresh if fresh else len(instances))))
-            tracks.append(track_instance(instances[chosen[-1]], comps))
-            structures.append(instances[chosen[-1]].structure)
-            continue
-        name = names[int(rng.integers(len(names)))]
-        if union_fraction > 0 and rng.random() < union_fraction:
-            union = structure_masks(name, comps)
-            # section 0 holds exactly the instances found there (the prompt is never empty)
-            union[0] = np.logical_or.reduce([instances[i].mask for i in by_structure[name]])
-            tracks.append(union)
-            structures.append(f"all {name}")
-            continue
-        pool = by_structure[name]
+            pool = list(range(len(instances)))  # uniform over instances (SAM2's masklet sampling)
+        else:
+            name = names[int(rng.integers(len(names)))]
+            if union_fraction > 0 and rng.random() < union_fraction:
+                union = structure_masks(name, comps)
+                # section 0 holds exactly the instances found there (the prompt is never empty)
+                union[0] = np.logical_or.reduce([instances[i].mask for i in by_structure[name]])
+                tracks.append(union)
+                structures.append(f"all {name}")
+                continue
+            pool = by_structure[name]  # structure first, then one of its instances
         fresh = [i for i in pool if i not in chosen]
         chosen.append(int(rng.choice(fresh if fresh else pool)))
         tracks.append(track_instance(instances[chosen[-1]], comps))
-        structures.append(name)
+        structures.append(instances[chosen[-1]].structure)
     masks = np.stack(tracks)
 
     images = []

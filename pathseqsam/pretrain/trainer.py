@@ -418,11 +418,15 @@ def evaluate_propagation(model: nn.Module, cfg: PretrainConfig, videos: int = 6)
         ("other_click", "click", swapped),
     ):
         torch.manual_seed(0)  # the clicks' random state (mask prompts draw nothing)
+        if name == "other_click":
+            # only the prompted frame is scored: run frame 0 alone (its propagated frames would add
+            # nothing to other_mask_propagated); frame 0 never reads memory, so the result is the same
+            _, preds = run_batch(model, images[:videos], prompted[:1], video_of, prompt)
+            out[f"{name}_first"] = float(_dice(preds[0], masks[0]).mean())
+            continue
         _, preds = run_batch(model, images, prompted, video_of, prompt)
         if prompt == "click":
             out[f"{name}_first"] = float(_dice(preds[0], masks[0]).mean())
-        if name == "other_click":
-            continue  # its propagated frames add nothing to other_mask_propagated
         later = torch.stack([_dice(p, m) for p, m in zip(preds[1:], masks[1:])]) if len(preds) > 1 else None
         out[f"{name}_propagated"] = float(later.mean()) if later is not None else float("nan")
     model.train(was_training)
