@@ -76,9 +76,9 @@ def discover_variants(configs_dir: str | Path) -> dict[str, Variant]:
         REFERENCE_VARIANT: Variant(
             REFERENCE_VARIANT,
             "method",
-            "PathSeqSAM as configured in train.json: top-K memory (Eq. 2), distance-aware attention (Eq. 1), "
-            "rank-8 LoRA (the whole image encoder trains when no SAM2 checkpoint is given), loss Dice + 0.5 BCE "
-            "+ 0.2 consistency + object-score and IoU terms.",
+            "PathSeqSAM as configured in train.json: from the pretrained SAM2 checkpoint (the bundle's CPU-pretrained "
+            "tiny SAM2 by default), image encoder frozen with rank-8 LoRA, top-K memory (Eq. 2), distance-aware "
+            "attention (Eq. 1), loss Dice + 0.5 BCE + 0.2 consistency + object-score and IoU terms.",
         )
     }
     for group in GROUPS:

@@ -51,8 +51,9 @@ def test_discovery_finds_every_overlay_and_defaults_are_table1():
         "memory_k3",
         "memory_k7",
         "consistency_off",
-        "lora_on",
         "lora_off",
+        "encoder_full",
+        "random_init",
     } == {v.name for v in variants.values() if v.group == "ablations"}
     assert [v.name for v in select_variants(variants, None)] == list(DEFAULT_VARIANTS)
     chosen = select_variants(variants, ["memory_k3", "baselines", "memory_k3"])
@@ -104,12 +105,14 @@ def test_each_overlay_builds_what_it_says(name):
         if n.startswith("image_encoder.") and "lora_" not in n
     )
     lora = [n for n, _ in net.named_parameters() if "lora_" in n]
-    if name == "lora_on":
-        assert lora and not encoder_trains
-    elif name == "lora_off":
+    if name == "lora_off":  # pretrained encoder frozen, nothing added
         assert not lora and not encoder_trains
-    else:  # tiny model without a SAM2 checkpoint: the whole encoder trains
-        assert encoder_trains
+    elif name == "encoder_full":  # pretrained encoder fine-tuned in full
+        assert not lora and encoder_trains
+    elif name == "random_init":  # no checkpoint: the random encoder trains in full (LoRA kept)
+        assert lora and encoder_trains
+    else:  # the paper's recipe from the bundle's pretrained checkpoint: frozen encoder + LoRA
+        assert lora and not encoder_trains
 
 
 def _write_table(path: Path, rows: list[dict]) -> Path:
