@@ -10,7 +10,8 @@ Output (``--out``, default ``outputs/compare``)::
 
     report.md, report.csv                     the table (mean +- SD per-patch Dice, degraded-only
                                               Dice, object F1, training time, parameters)
-    dice_per_variant.png, dice_vs_quality.png the plots
+    dice_per_variant.png, dice_vs_quality.png the plots (per-patch Dice; Dice per slice quality)
+    validation_curves.png                     validation Dice per epoch of every variant
     eval_data/                                the synthetic evaluation set (datalist_eval.json)
     <variant>/models/model.pt, <variant>/eval/{per_patch_test.csv, metrics.csv, curves.png, ...}
     <variant>/result.json                     what the report was built from
@@ -43,7 +44,7 @@ from typing import Any
 
 from pathseqsam.atomic import atomic_write_json
 from pathseqsam.compare.evalset import make_eval_set, synthetic_settings
-from pathseqsam.compare.plots import dice_boxplot, dice_vs_quality
+from pathseqsam.compare.plots import dice_boxplot, dice_vs_quality, read_validation_curve, validation_curves
 from pathseqsam.compare.report import comparisons, report_rows, write_report_csv, write_report_md
 from pathseqsam.compare.runner import RunSettings, load_result, run_variant
 from pathseqsam.compare.stats import damage_kinds, read_per_patch
@@ -250,6 +251,11 @@ def _report(
         "per-patch Dice per variant": dice_boxplot(tables, out / "dice_per_variant.png"),
         "Dice vs slice quality": dice_vs_quality(tables, out / "dice_vs_quality.png"),
     }
+    # each run's validation curve, written by the bundle next to its per-patch table
+    curve_files = {r["variant"]: Path(r["per_patch_csv"]).parent / "curves.csv" for r in results}
+    curves = {name: read_validation_curve(f) for name, f in curve_files.items() if f.is_file()}
+    if curves:
+        plots["validation Dice per epoch"] = validation_curves(curves, out / "validation_curves.png")
     names = [r["variant"] for r in results]
     reference = REFERENCE_VARIANT if REFERENCE_VARIANT in names else None
     gains = comparisons(reference, tables, [n for n in names if n != reference]) if reference else []

@@ -1,7 +1,8 @@
-"""PNG plots of a comparison: per-patch Dice per variant, and Dice against slice quality."""
+"""PNG plots of a comparison: per-patch Dice per variant, Dice against slice quality, validation curves."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from pathseqsam.atomic import atomic_write
 from pathseqsam.compare.stats import PatchTable
 
-__all__ = ["dice_boxplot", "dice_vs_quality", "quality_groups"]
+__all__ = ["dice_boxplot", "dice_vs_quality", "quality_groups", "read_validation_curve", "validation_curves"]
 
 
 def _figure(width: float, height: float):
@@ -108,4 +109,51 @@ def dice_vs_quality(tables: dict[str, PatchTable], path: str | Path) -> Path:
     ax.set_xlabel("slice quality")
     ax.set_title("Dice vs slice quality")
     ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def read_validation_curve(path: str | Path, metric: str = "val_mean_dice") -> tuple[np.ndarray, np.ndarray]:
+    """Epochs and validation metric from a training run's ``curves.csv`` (the bundle's ``TrainingCurves``).
+
+    Args:
+        path: the ``curves.csv``.
+        metric: its metric column.
+
+    Returns:
+        ``(epochs, values)`` of the epochs that ran a validation.
+
+    Raises:
+        ValueError: the file has no ``epoch`` or ``metric`` column (the message names the file).
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "epoch" not in reader.fieldnames or metric not in reader.fieldnames:
+            raise ValueError(f"{path}: expected columns 'epoch' and {metric!r}, found {reader.fieldnames}")
+        pairs = [(int(r["epoch"]), float(r[metric])) for r in reader if r[metric] not in ("", None)]
+    epochs = np.array([e for e, _ in pairs], dtype=int)
+    return epochs, np.array([v for _, v in pairs], dtype=float)
+
+
+def validation_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> Path:
+    """Validation Dice per epoch of every variant (the split that chose each best model), one line each.
+
+    Shows where a time budget stopped a run and whether a variant was still rising there.
+
+    Args:
+        curves: ``(epochs, values)`` by variant (:func:`read_validation_curve`), in plot order.
+        path: destination PNG.
+
+    Returns:
+        The written path.
+    """
+    fig = _figure(7.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (epochs, values) in curves.items():
+        ax.plot(epochs, values, "o-", markersize=3, label=name)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation per-patch Dice")
+    ax.set_title("Validation Dice per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)

@@ -118,7 +118,7 @@ def test_markdown_report_and_plots(comparison):
     assert "`pathseqsam` vs `dynunet`:" in text and "degraded slices:" in text
     row = next(r for r in _report(comparison) if r["variant"] == "dynunet")
     assert f"{100 * float(row['dice_mean']):.2f} +- {100 * float(row['dice_sd']):.2f}" in text
-    for name in ("dice_per_variant.png", "dice_vs_quality.png"):
+    for name in ("dice_per_variant.png", "dice_vs_quality.png", "validation_curves.png"):
         path = comparison / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as im:
@@ -197,3 +197,18 @@ def test_evaluation_set_is_fresh_reused_and_only_for_synthetic_data(comparison, 
         main(_cli(tmp_path / "o", plain, "--variants", "dynunet", "--eval-cases", "2"))
     with pytest.raises(ValueError, match="add --eval-cases 0"):
         main(_cli(tmp_path / "o", dataset, "--variants", "dynunet", "--eval-split", "validation"))
+
+
+def test_validation_curve_is_read_from_each_runs_curves_csv(comparison, tmp_path):
+    from pathseqsam.compare.plots import read_validation_curve
+
+    # the bundle's own curves.csv: one row per epoch, the metric on the epochs that validated
+    path = comparison / "dynunet" / "eval" / "curves.csv"
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    expected = [(int(r[0]), float(r[2])) for r in rows if r[2].strip()]
+    epochs, values = read_validation_curve(path)
+    assert expected and list(zip(epochs.tolist(), values.tolist())) == expected
+    bad = tmp_path / "curves.csv"
+    bad.write_text("epoch,train_loss\n1,0.5\n")
+    with pytest.raises(ValueError, match=r"curves.csv: expected columns 'epoch' and 'val_mean_dice'"):
+        read_validation_curve(bad)
