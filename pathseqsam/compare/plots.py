@@ -22,6 +22,12 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _style(i: int) -> dict[str, str]:
+    """Colour, marker and line style of the ``i``-th variant: matplotlib's 10 colours repeat, so every
+    further ten variants get another marker and line style (the ablation run plots 11)."""
+    return {"color": f"C{i % 10}", "marker": "osD^v"[i // 10 % 5], "linestyle": ("-", "--", ":")[i // 10 % 3]}
+
+
 def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
@@ -102,7 +108,8 @@ def dice_vs_quality(tables: dict[str, PatchTable], path: str | Path) -> Path:
             means.append(v.mean() if v.size else np.nan)
             sds.append(v.std() if v.size else np.nan)
         x = np.arange(len(groups)) + (j - (len(names) - 1) / 2) * width
-        ax.errorbar(x, means, yerr=sds, fmt="o", capsize=3, label=name)
+        style = _style(j)
+        ax.errorbar(x, means, yerr=sds, fmt=style["marker"], color=style["color"], capsize=3, label=name)
     ax.set_xticks(range(len(groups)), [f"{g}\n(n={counts[g]})" for g in groups])
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("per-patch Dice (mean +- SD)")
@@ -148,8 +155,8 @@ def validation_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: st
     """
     fig = _figure(7.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    for name, (epochs, values) in curves.items():
-        ax.plot(epochs, values, "o-", markersize=3, label=name)
+    for i, (name, (epochs, values)) in enumerate(curves.items()):
+        ax.plot(epochs, values, markersize=3, label=name, **_style(i))
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation per-patch Dice")
