@@ -37,7 +37,7 @@ def demo_checkpoint(tmp_path_factory):
     from monai.bundle import ConfigWorkflow
 
     from pathseqsam.synthetic import generate_synthetic_dataset
-    from tests.bundle_paths import CONFIGS, LOGGING, META
+    from tests.bundle_paths import CONFIGS, LOGGING, META, with_pretrained
 
     data = tmp_path_factory.mktemp("demo") / "data"
     # 256 um fields at 128 px: the bundle's 2 um/px demo, every validation section holds a glomerulus
@@ -45,7 +45,7 @@ def demo_checkpoint(tmp_path_factory):
         data, cases=6, seed=0, image_size=128, sections=6, field_um=256.0, difficulty="easy",
         stacks=False, contact_sheet=False,
     )  # fmt: skip
-    root = tmp_path_factory.mktemp("demo_bundle")
+    root = with_pretrained(tmp_path_factory.mktemp("demo_bundle"))
     workflow = ConfigWorkflow(
         workflow_type="train",
         config_file=str(CONFIGS / "train.json"),

@@ -17,6 +17,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
+from tests.bundle_paths import with_pretrained
 from tests.reference import postprocess_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def visible(tmp_path_factory) -> Path:
     ).eval()
     with torch.no_grad():
         net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
-    root = tmp_path_factory.mktemp("visible")
+    root = with_pretrained(tmp_path_factory.mktemp("visible"))
     (root / "models").mkdir()
     torch.save(net.state_dict(), root / "models" / "model.pt")
     # the same weights as a SAM2 checkpoint (SAM2's key names, LoRA merged), to train from

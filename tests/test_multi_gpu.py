@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bundle_paths import with_pretrained
 from tests.torchrun import torchrun_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def _torchrun(workdir: Path, run_id: str, configs: list[str], **overrides) -> di
 
 
 def _common(root: Path, dataset: Path) -> dict:
-    return {"bundle_root": root, "dataset_dir": dataset, "image_size": SIZE}
+    return {"bundle_root": with_pretrained(root), "dataset_dir": dataset, "image_size": SIZE}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pathseqsam.data.datalist import write_datalist
 from pathseqsam.data.rescale import rescale_datalist
-from tests.bundle_paths import CONFIGS, LOGGING, META
+from tests.bundle_paths import CONFIGS, LOGGING, META, with_pretrained
 
 TRAIN = str(CONFIGS / "train.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
@@ -137,7 +137,7 @@ def test_kpis_shaped_inputs_train_and_validate_at_one_scale(tmp_path):
         config_file=TRAIN,
         meta_file=META,
         logging_file=LOGGING,
-        bundle_root=str(tmp_path / "root"),
+        bundle_root=str(with_pretrained(tmp_path / "root")),
         dataset_dir=str(data),
         image_size=256,
         model_mpp_um=1.0,

@@ -16,6 +16,8 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from tests.bundle_paths import with_pretrained
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
 SIZE = 128
@@ -35,7 +37,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def _workflow(root: Path, dataset: Path, **extra) -> ConfigWorkflow:
     overrides = {
-        "bundle_root": str(root),
+        "bundle_root": str(with_pretrained(root)),
         "dataset_dir": str(dataset),
         "image_size": SIZE,
         "window": 2,

@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.bundle_paths import with_pretrained
 from tests.reference import postprocess_reference
 
 pytestmark = pytest.mark.label
@@ -192,6 +193,7 @@ def tiny_bundle(tmp: Path) -> Path:
     """A copy of the bundle's configs with the seeded tiny checkpoint."""
     bundle = tmp / "bundle"
     shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
+    with_pretrained(bundle)  # train.json's default SAM2 checkpoint, as in the real bundle folder
     _tiny_checkpoint(bundle)
     return bundle
 
@@ -205,6 +207,7 @@ def demo_bundle_conf(tmp: Path, checkpoint: Path, **conf: str) -> tuple[Path, di
     """
     bundle = tmp / "bundle"
     shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
+    with_pretrained(bundle)
     (bundle / "models").mkdir()
     shutil.copy(checkpoint, bundle / "models" / "model.pt")
     settings = {"models": "pathseqsam", "bundle": str(bundle), **conf}
