@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_json", "atomic_write_text"]
 
 _NUMERIC_LIST = re.compile(r"\[\s*((?:-?[0-9.eE+]+,?\s*)+)\]")
 
@@ -52,6 +52,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         The destination path.
     """
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, with bytes that depend on ``obj`` only.
+
+    ``torch.save`` to a file *name* stores that name's stem as the zip archive's inner folder, so
+    saving through :func:`atomic_write`'s random temporary name made every file unique (the same
+    weights, another sha256). Written through a file object, the inner folder is torch's fixed
+    ``archive``, and equal tensors give equal files on one torch version.
+
+    Args:
+        obj: what to save (e.g. SAM2's ``{"model": state_dict}``).
+        path: destination.
+
+    Returns:
+        The destination path.
+    """
+    import torch
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

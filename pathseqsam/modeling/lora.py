@@ -18,7 +18,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from pathseqsam.atomic import atomic_write
+from pathseqsam.atomic import atomic_torch_save
 from pathseqsam.modeling.network import MEMORY_ONLY_PARAMETERS
 
 __all__ = [
@@ -147,5 +147,5 @@ def export_sam2_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in merged_state_dict(model).items()}
-    atomic_write(path, lambda tmp: torch.save({"model": state}, tmp))
+    atomic_torch_save({"model": state}, path)
     return path

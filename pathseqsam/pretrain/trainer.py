@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
-from pathseqsam.atomic import atomic_write
+from pathseqsam.atomic import atomic_torch_save, atomic_write
 from pathseqsam.modeling.build import instantiate_sam2
 from pathseqsam.pretrain.loss import sam2_frame_loss
 from pathseqsam.pretrain.samples import VideoSample, make_video_sample
@@ -444,7 +444,7 @@ def save_sam2_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
         The written path.
     """
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda tmp: torch.save({"model": state}, tmp))
+    return atomic_torch_save({"model": state}, path)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -528,7 +528,7 @@ def pretrain(
             "evaluations": evaluations,
             "seconds": seconds,
         }
-        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+        atomic_torch_save(state, state_path)
         atomic_write(
             out / "history.json",
             lambda tmp: tmp.write_text(

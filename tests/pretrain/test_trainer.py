@@ -21,6 +21,7 @@ from pathseqsam.pretrain.trainer import (
     other_object_of_same_stack,
     plan_batch,
     run_batch,
+    save_sam2_checkpoint,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,3 +253,24 @@ def test_prompting_with_the_own_mask_or_click_is_the_own_row():
     }
     assert scores["other_mask_propagated"] == scores["mask_propagated"]
     assert scores["other_click_first"] == scores["click_first"]
+
+
+def test_checkpoint_bytes_depend_on_the_weights_only(tmp_path):
+    # torch.save to a file name stores the (random, temporary) name inside the zip: the same weights
+    # written twice gave two sha256; written through a file object they give one
+    from pathseqsam import export_sam2_checkpoint
+
+    torch.manual_seed(0)
+    model = instantiate_sam2("tiny", 64, pathseqsam_class=False)
+    a = save_sam2_checkpoint(model, tmp_path / "a" / "sam2_tiny_pretrained.pt")
+    b = save_sam2_checkpoint(model, tmp_path / "b" / "other_name.pt")
+    assert a.read_bytes() == b.read_bytes() and sha256_of(a) == sha256_of(b)
+    saved = torch.load(a, weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert sha256_of(save_sam2_checkpoint(model, tmp_path / "c.pt")) != sha256_of(a)
+    net = build_pathseqsam(model="tiny", image_size=64, model_mpp_um=2.0)
+    e1 = export_sam2_checkpoint(net, tmp_path / "e1.pt")
+    e2 = export_sam2_checkpoint(net, tmp_path / "x" / "e2.pt")
+    assert e1.read_bytes() == e2.read_bytes()
