@@ -7,7 +7,7 @@ For each slide size (default 8192 and 32768 px square at 0.5 um/px, i.e. 4 x 4 m
    generator's own time and peak RSS are reported too);
 2. a fresh subprocess builds the network, times the patch pipeline (``net.iter_slices`` on a
    random ``[1, 3, N, P, P]`` sequence held in memory, ms per window), then segments the slide with
-   :class:`pathseqsam.engine.slide_inference.SlideSegmenter` and reports the slide's figures and its
+   :class:`pathseqsam.wsi.segment.SlideSegmenter` and reports the slide's figures and its
    peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``, the whole process: Python, torch,
    the model, the slide pipeline), plus the RSS right before the slide for reference.
 
@@ -67,7 +67,7 @@ def _segment(args: argparse.Namespace, slide: str) -> dict:
     import torch
 
     from pathseqsam import build_pathseqsam
-    from pathseqsam.engine.slide_inference import SlideSegmenter
+    from pathseqsam.wsi.segment import SlideSegmenter
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -1,7 +1,8 @@
 """The package's layer order, read from every module's imports (including imports inside functions).
 
-root utilities (``atomic``, ``visualize``) <- ``data``, ``synthetic``, ``modeling``, ``losses``,
-``metrics`` <- ``engine``, ``pretrain`` <- ``compare``, ``label``. Root utilities may use each other; within the
+root utilities (``atomic``, ``config_values``, ``ranks``, ``visualize``) <- ``data``, ``synthetic``,
+``modeling``, ``losses``, ``metrics`` <- ``engine``, ``wsi``, ``pretrain`` <- ``compare``, ``label``.
+``wsi`` (the whole-slide pipeline) sits beside ``engine`` (the Ignite glue) and never imports it. Root utilities may use each other; within the
 middle layer only ``synthetic`` may
 use ``data`` (it writes datalists and stacks with the readers' own writers); the one import from
 ``data`` into ``synthetic`` is the deprecated ``pathseqsam.data.synthetic`` alias. The package's
@@ -21,14 +22,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pathseqsam"
 LAYERS = {
     "atomic": 0,
     "config_values": 0,
+    "ranks": 0,
     "visualize": 0,
     "data": 1,
     "synthetic": 1,
     "modeling": 1,
     "losses": 1,
     "metrics": 1,
-    "slide_metrics": 1,
     "engine": 2,
+    "wsi": 2,
     "pretrain": 2,
     "compare": 3,
     "label": 3,
@@ -84,6 +86,9 @@ def test_rule_catches_upward_and_sideways_imports():
     assert violation("pathseqsam.atomic", "pathseqsam.data.errors").endswith("upward")
     assert violation("pathseqsam.synthetic.generator", "pathseqsam.data.datalist") is None
     assert violation("pathseqsam.label.infer", "pathseqsam.engine") is None
+    assert "sideways" in violation("pathseqsam.wsi.segment", "pathseqsam.engine.distributed")
+    assert violation("pathseqsam.wsi.segment", "pathseqsam.ranks") is None
+    assert violation("pathseqsam.label.slides.wsi_job", "pathseqsam.wsi.segment") is None
     assert violation("pathseqsam.data.synthetic", "pathseqsam.synthetic.generator") is None
     assert "layer table" in violation("pathseqsam.newpart.x", "pathseqsam.data")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathseqsam.engine.budget import WallTimeBudget
 from pathseqsam.engine.datalist_setup import InferenceInputs, inference_inputs, prepare_datalist
-from pathseqsam.engine.distributed import ShardRecorder, end_process_group, handlers_for_rank
+from pathseqsam.engine.distributed import ShardRecorder, handlers_for_rank
 from pathseqsam.engine.handlers import (
     AtomicCheckpointSaver,
     NaNLossGuard,
@@ -19,6 +19,7 @@ from pathseqsam.engine.prepare_batch import SequencePrepareBatch
 from pathseqsam.engine.random_state import RandomStates
 from pathseqsam.engine.resume import latest_checkpoint, resume_from_latest
 from pathseqsam.engine.writers import SaveSequencePredictiond
+from pathseqsam.ranks import end_process_group
 
 __all__ = [
     "AtomicCheckpointSaver",

@@ -19,13 +19,12 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from pathseqsam.atomic import atomic_write_json
+from pathseqsam.ranks import dist_rank_and_world
 
 __all__ = [
     "ALL_RANKS_HANDLERS",
     "ShardRecorder",
     "any_rank",
-    "dist_rank_and_world",
-    "end_process_group",
     "gather_lists",
     "handlers_for_rank",
 ]
@@ -48,13 +47,6 @@ ALL_RANKS_HANDLERS = (
 )
 
 
-def dist_rank_and_world() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is true on any rank (a MAX all-reduce; every rank must call it, in step).
 
@@ -74,20 +66,6 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
-
-
-def end_process_group() -> None:
-    """Leave the default process group in step with the other ranks (the bundle's ``finalize``).
-
-    A barrier first, then ``destroy_process_group``: a rank that tears down its gloo connections
-    while another rank is still finishing (rank 0 writes the reports and pictures after the last
-    collective) can be aborted in gloo's teardown ("terminate called without an active
-    exception", seen once in CI on the 2-process evaluation). No-op outside a process group.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def gather_lists(items: Sequence[Any]) -> list[Any]:

@@ -18,8 +18,9 @@ import torch
 from ignite.engine import Engine, Events
 
 from pathseqsam.atomic import atomic_write
-from pathseqsam.engine.distributed import dist_rank_and_world, gather_lists
+from pathseqsam.engine.distributed import gather_lists
 from pathseqsam.metrics import slice_names_for_saver
+from pathseqsam.ranks import dist_rank_and_world
 
 __all__ = ["PER_PATCH_COLUMNS", "PerPatchSaver"]
 

@@ -7,20 +7,20 @@ loads ``bundle/models/model.pt``. Modules:
 * :mod:`pathseqsam.label.bundle`: find the bundle, server-level config overrides;
 * :mod:`pathseqsam.label.sequence_io`: an image file (stack or 2D patch) as a sequence item, masks
   written back in the image's own format;
-* :mod:`pathseqsam.label.region`: the pathology convention of a region (``location``, ``size``) of a
+* :mod:`pathseqsam.label.requests.region`: the pathology convention of a region (``location``, ``size``) of a
   larger image;
-* :mod:`pathseqsam.label.prompts`: MONAI Label clicks and boxes as PathSeqSAM prompts;
+* :mod:`pathseqsam.label.requests.prompts`: MONAI Label clicks and boxes as PathSeqSAM prompts;
 * :mod:`pathseqsam.label.propagation`: segment from prompted slices in both directions;
-* :mod:`pathseqsam.label.options`: the typed whitelist of request options (checked and advertised);
+* :mod:`pathseqsam.label.requests.options`: the typed whitelist of request options (checked and advertised);
 * :mod:`pathseqsam.label.publish`: a trained model replaces the served one only when it validates
   better on held-out images;
-* :mod:`pathseqsam.label.slide_region`: regions of pyramidal slides at any level;
-  :mod:`pathseqsam.label.slide_wsi`: whole-slide requests through the bundle's slide pipeline (one at
-  a time, tile cap, progress, MONAI Label's answer formats); :mod:`pathseqsam.label.slide_patches`:
+* :mod:`pathseqsam.label.slides.region`: regions of pyramidal slides at any level;
+  :mod:`pathseqsam.label.slides.wsi_job`: whole-slide requests through the bundle's slide pipeline (one at
+  a time, tile cap, progress, MONAI Label's answer formats); :mod:`pathseqsam.label.slides.label_patches`:
   a slide's ASAP XML label cut into training patches at the working resolution;
 * :mod:`pathseqsam.label.infer`, :mod:`pathseqsam.label.train`: the MONAI Label tasks,
-  :mod:`pathseqsam.label.guards`: request checks before MONAI Label's own endpoint code, and
-  :mod:`pathseqsam.label.wsi_route`: MONAI Label's whole-slide routes served off the event loop
+  :mod:`pathseqsam.label.server.guards`: request checks before MONAI Label's own endpoint code, and
+  :mod:`pathseqsam.label.server.wsi_route`: MONAI Label's whole-slide routes served off the event loop
   (need the ``label`` extra).
 
 Only those last four import ``monailabel``; the rest runs in the core environment.

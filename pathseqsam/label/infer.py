@@ -7,15 +7,15 @@ the file changes, e.g. after training). From the bundle config it also takes ``p
 threshold 0.5; the file writer is left out). What it adds:
 
 * the request's image file becomes a sequence (:mod:`pathseqsam.label.sequence_io`) and, for
-  pathology requests, the region it names is cut out (:mod:`pathseqsam.label.region`); a pyramidal
+  pathology requests, the region it names is cut out (:mod:`pathseqsam.label.requests.region`); a pyramidal
   slide is never read whole: only the region of the requested level is
-  (:mod:`pathseqsam.label.slide_region`), and the answer gives its outlines in level-0 pixels;
+  (:mod:`pathseqsam.label.slides.region`), and the answer gives its outlines in level-0 pixels;
 * automatic mode: the bundle's inferer with the slices' positions, every slice segmented;
-* interactive mode: clicks/boxes become prompts on their slices (:mod:`pathseqsam.label.prompts`),
+* interactive mode: clicks/boxes become prompts on their slices (:mod:`pathseqsam.label.requests.prompts`),
   the whole-slice network runs from there in both directions
   (:mod:`pathseqsam.label.propagation`);
 * the mask comes back in the image's own format with label value 1, plus a JSON summary;
-* requests are held to the typed whitelist of :func:`pathseqsam.label.options.infer_options` (the
+* requests are held to the typed whitelist of :func:`pathseqsam.label.requests.options.infer_options` (the
   app cleans them before they reach the task; the task's ``config`` and ``/info/``'s
   ``request_options`` advertise the same list) and to a pixel budget read from the image header
   before anything is decoded (``max_pixels``, HTTP 413 above it).
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pathseqsam.label import INSTALL_HINT, LABELS
-from pathseqsam.label.options import RequestRefused, infer_options, options_schema
+from pathseqsam.label.requests.options import RequestRefused, infer_options, options_schema
 
 try:
     from fastapi import HTTPException
@@ -44,11 +44,11 @@ except ImportError as exc:  # pragma: no cover - exercised in the core environme
 
 from pathseqsam.data.transforms import LoadSequenced
 from pathseqsam.engine.writers import SaveSequencePredictiond
-from pathseqsam.label.prompts import request_prompts
 from pathseqsam.label.propagation import propagate_both_ways
-from pathseqsam.label.region import CropRegiond
+from pathseqsam.label.requests.prompts import request_prompts
+from pathseqsam.label.requests.region import CropRegiond
 from pathseqsam.label.sequence_io import DEFAULT_MAX_PIXELS, SequenceItemd, mask_suffix, write_mask
-from pathseqsam.label.slide_region import SlideRegiond, is_pyramidal_slide, mask_contours
+from pathseqsam.label.slides.region import SlideRegiond, is_pyramidal_slide, mask_contours
 
 __all__ = ["PathSeqSAMInferTask"]
 

@@ -24,7 +24,7 @@ from monai.transforms import MapTransform
 from pathseqsam.data.errors import SequenceDataError
 from pathseqsam.data.image_io import read_image_size
 from pathseqsam.data.stacks import is_nifti_path, is_tiff_path, probe_stack, save_stack
-from pathseqsam.label.options import RequestTooLarge
+from pathseqsam.label.requests.options import RequestTooLarge
 from pathseqsam.visualize import save_rgb
 
 __all__ = [
@@ -121,7 +121,7 @@ class SequenceItemd(MapTransform):
     Keys the loaders would read (``label``, ``slice_index``, ``positions_um``, ``degraded`` ...) are
     dropped first: they come from the image file, never from a request. With ``max_pixels`` the
     image's pixel count is read from its header before anything is decoded, and a larger image is
-    refused with :class:`~pathseqsam.label.options.RequestTooLarge` (HTTP 413).
+    refused with :class:`~pathseqsam.label.requests.options.RequestTooLarge` (HTTP 413).
 
     Args:
         keys: the image key (a file path).

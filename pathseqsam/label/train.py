@@ -5,11 +5,11 @@
 ``CheckpointLoader`` for the served ``models/model.pt`` prepended to ``train#handlers`` (``network``
 and ``network_def`` exist in the config). What it changes:
 
-* the request is cleaned against the typed whitelist (:func:`pathseqsam.label.options.train_options`:
+* the request is cleaned against the typed whitelist (:func:`pathseqsam.label.requests.options.train_options`:
   ``max_epochs``, ``val_split``, ``device``); anything else is dropped, a wrong value is refused;
 * a pyramidal slide's label is an ASAP XML file (what MONAI Label's pathology clients save, polygons
   in level-0 pixels): its annotated region is cut into patches at the bundle's working resolution
-  (:mod:`pathseqsam.label.slide_patches`, one patch read at a time) that train like 2D patches; a
+  (:mod:`pathseqsam.label.slides.label_patches`, one patch read at a time) that train like 2D patches; a
   slide is never read whole, nor as a stack;
 * the datastore's items reach the config parser only as the path of a datalist FILE that the server
   writes (``datalist`` override), never as override values: the parser evaluates strings starting
@@ -46,11 +46,11 @@ except ImportError as exc:  # pragma: no cover - exercised in the core environme
     raise ImportError(INSTALL_HINT) from exc
 
 from pathseqsam.atomic import atomic_write_json
-from pathseqsam.label.options import RequestRefused, clean_request, options_schema, train_options
 from pathseqsam.label.publish import publish_if_improved
+from pathseqsam.label.requests.options import RequestRefused, clean_request, options_schema, train_options
 from pathseqsam.label.sequence_io import sequence_item, sequence_length
-from pathseqsam.label.slide_patches import slide_label_patches
-from pathseqsam.label.slide_region import is_pyramidal_slide
+from pathseqsam.label.slides.label_patches import slide_label_patches
+from pathseqsam.label.slides.region import is_pyramidal_slide
 
 __all__ = ["STAGING_DIR", "PathSeqSAMTrainTask", "split_for_validation"]
 

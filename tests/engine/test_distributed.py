@@ -21,7 +21,8 @@ from pathseqsam.engine import (
     WallTimeBudget,
     handlers_for_rank,
 )
-from pathseqsam.engine.distributed import any_rank, end_process_group, gather_lists
+from pathseqsam.engine.distributed import any_rank, gather_lists
+from pathseqsam.ranks import end_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 

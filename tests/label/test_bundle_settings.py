@@ -62,7 +62,7 @@ def test_inference_setting_and_spacing():
 
 
 @pytest.mark.parametrize(
-    "module", ["pathseqsam.label.infer", "pathseqsam.label.train", "pathseqsam.label.wsi_route"]
+    "module", ["pathseqsam.label.infer", "pathseqsam.label.train", "pathseqsam.label.server.wsi_route"]
 )
 def test_tasks_without_monailabel_say_how_to_install(monkeypatch, module):
     for name in [m for m in sys.modules if m == "monailabel" or m.startswith("monailabel.")]:

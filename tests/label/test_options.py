@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from pathseqsam.label.options import (
+from pathseqsam.label.requests.options import (
     MAX_CLICKS,
     RequestRefused,
     clean_request,
@@ -76,7 +76,7 @@ def test_unknown_and_internal_keys_are_dropped_and_logged(interactive, caplog):
         "label_tag": "../../x",
         "client_id": "slicer",
     }
-    with caplog.at_level(logging.INFO, logger="pathseqsam.label.options"):
+    with caplog.at_level(logging.INFO, logger="pathseqsam.label.requests.options"):
         got = clean_request(body, interactive, where="infer m")
     assert got == {"foreground": [[1, 2, 0]]}
     assert (

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pathseqsam.label.prompts import request_prompts
-from pathseqsam.label.region import Region
+from pathseqsam.label.requests.prompts import request_prompts
+from pathseqsam.label.requests.region import Region
 
 
 def test_clicks_and_box_land_on_their_slices():

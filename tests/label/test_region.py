@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pathseqsam.label.region import CropRegiond, Region, request_region
+from pathseqsam.label.requests.region import CropRegiond, Region, request_region
 
 
 def test_whole_image_unless_a_size_is_given():

@@ -376,8 +376,8 @@ def test_wsi_tile_cap_answers_413(wsi_server):
     """More tissue tiles than --conf max_wsi_tiles: refused before any tile is read."""
     import torch
 
-    from pathseqsam.label.options import RequestTooLarge
-    from pathseqsam.label.slide_wsi import WholeSlideJobs, wsi_settings
+    from pathseqsam.label.requests.options import RequestTooLarge
+    from pathseqsam.label.slides.wsi_job import WholeSlideJobs, wsi_settings
 
     jobs = WholeSlideJobs(wsi_settings(wsi_server.bundle, OVERRIDES), max_tiles=3)
 

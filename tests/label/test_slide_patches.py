@@ -11,9 +11,9 @@ import tifffile
 from PIL import Image
 
 from pathseqsam.data.errors import SequenceDataError
-from pathseqsam.data.tiles import tile_starts
-from pathseqsam.label.slide_patches import read_asap_annotations, slide_label_patches
+from pathseqsam.label.slides.label_patches import read_asap_annotations, slide_label_patches
 from pathseqsam.synthetic.slides import make_slide_scene, write_synthetic_slide
+from pathseqsam.wsi.tiles import tile_starts
 
 MPP = 0.5  # level 0; level 2 (4x) is the model's 2 um/px
 

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from pathseqsam.data.slides import WSIReaderSlide, open_slide
-from pathseqsam.label.options import RequestRefused, RequestTooLarge
-from pathseqsam.label.region import Region
-from pathseqsam.label.slide_region import SlideRegiond, is_pyramidal_slide, mask_contours, slide_region
+from pathseqsam.label.requests.options import RequestRefused, RequestTooLarge
+from pathseqsam.label.requests.region import Region
+from pathseqsam.label.slides.region import SlideRegiond, is_pyramidal_slide, mask_contours, slide_region
+from pathseqsam.wsi.reader import WSIReaderSlide, open_slide
 
 pytestmark = pytest.mark.label
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pathseqsam.label.bundle import max_wsi_tiles_setting
-from pathseqsam.label.options import RequestRefused, clean_request, wsi_options
-from pathseqsam.label.slide_wsi import (
+from pathseqsam.label.requests.options import RequestRefused, clean_request, wsi_options
+from pathseqsam.label.slides.wsi_job import (
     WSI_OUTPUTS,
     annotation_json,
     kept_features,
@@ -128,7 +128,7 @@ def test_answers_parse_back(tmp_path):
 
 
 def test_one_user_of_the_network_at_a_time():
-    from pathseqsam.label.slide_wsi import NetworkBusy, WholeSlideJobs
+    from pathseqsam.label.slides.wsi_job import NetworkBusy, WholeSlideJobs
 
     jobs = WholeSlideJobs({}, max_tiles=10)
     assert jobs.status() == {"running": False}

@@ -11,9 +11,9 @@ import pytest
 import tifffile
 
 from pathseqsam.data.errors import SequenceDataError
-from pathseqsam.data.kpis_slides import kpis_task2_pairs, pair_slides_with_masks
-from pathseqsam.data.slides import SlideError
-from pathseqsam.engine.slide_evaluation import SlideEvaluator, score_mask_files
+from pathseqsam.wsi.evaluate import SlideEvaluator, score_mask_files
+from pathseqsam.wsi.kpis import kpis_task2_pairs, pair_slides_with_masks
+from pathseqsam.wsi.reader import SlideError
 from tests.wsi.slide_helpers import ColourOracle
 from tests.wsi.test_slide_metrics import _reference
 

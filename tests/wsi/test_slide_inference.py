@@ -10,10 +10,10 @@ import tifffile
 import torch
 from PIL import Image
 
-from pathseqsam.data.slides import SlideError, open_slide
-from pathseqsam.engine.slide_inference import SlideSegmenter, list_slides
-from pathseqsam.engine.slide_stitching import DiskArray, DiskBlender
 from pathseqsam.synthetic.slides import make_slide_scene, write_synthetic_slide
+from pathseqsam.wsi.reader import SlideError, open_slide
+from pathseqsam.wsi.segment import SlideSegmenter, list_slides
+from pathseqsam.wsi.stitch import DiskArray, DiskBlender
 from tests.wsi.slide_helpers import ColourOracle
 
 
@@ -270,7 +270,7 @@ def test_slides_are_resampled_to_the_resolution_the_weights_carry(tmp_path):
 def test_region_cap_and_progress(tmp_path, slide_files, scene, oracle_run):
     """A level-0 region tiles only the tissue inside it; max_tiles refuses before reading; progress counts
     tiles; write_images=False writes no mask.tif and no thumbnail."""
-    from pathseqsam.engine.slide_inference import SlideTooLarge
+    from pathseqsam.wsi.segment import SlideTooLarge
 
     x, y, w, h = 600, 500, 800, 900  # level-0 pixels (1 um/px)
     calls: list[tuple[int, int]] = []

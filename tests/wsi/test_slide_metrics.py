@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pathseqsam.slide_metrics import SlideScorer, object_scores
+from pathseqsam.wsi.metrics import SlideScorer, object_scores
 
 
 def _discs(shape, discs):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pathseqsam.data.slides import SlideError, TiffSegmentSlide, WSIReaderSlide, open_slide
+from pathseqsam.wsi.reader import SlideError, TiffSegmentSlide, WSIReaderSlide, open_slide
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

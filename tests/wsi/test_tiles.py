@@ -7,8 +7,8 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from pathseqsam.data.tiles import Tile, order_tiles, otsu_threshold, tile_grid, tile_starts, tissue_mask
-from pathseqsam.engine.slide_outputs import ring_area
+from pathseqsam.wsi.outputs import ring_area
+from pathseqsam.wsi.tiles import Tile, order_tiles, otsu_threshold, tile_grid, tile_starts, tissue_mask
 
 
 def test_otsu_separates_two_modes():

@@ -8,24 +8,24 @@ Tasks, for model name ``pathseqsam`` (the ``models`` setting):
 
 * infer ``pathseqsam``: automatic segmentation of every slice of an image (multi-page TIFF, NIfTI, or
   a 2D patch = a sequence of one slice), or of a region (``location`` in level-0 pixels, ``size`` and
-  ``level``) of a pyramidal whole-slide image, read region by region (:mod:`pathseqsam.label.slide_region`);
+  ``level``) of a pyramidal whole-slide image, read region by region (:mod:`pathseqsam.label.slides.region`);
 * infer ``pathseqsam_interactive``: foreground/background clicks and/or a box on some slices,
   propagated through the sequence in both directions;
 * whole slides, ``POST /infer/wsi_v2/pathseqsam?output=asap|dsa|geojson|json``: the bundle's
   slide pipeline (tissue tiles as one sequence, blended, cleaned; one polygon per glomerulus in
-  level-0 pixels) in a worker thread, one slide at a time (:mod:`pathseqsam.label.slide_wsi`,
-  :mod:`pathseqsam.label.wsi_route`);
+  level-0 pixels) in a worker thread, one slide at a time (:mod:`pathseqsam.label.slides.wsi_job`,
+  :mod:`pathseqsam.label.server.wsi_route`);
 * train ``pathseqsam``: fine-tune the bundle on the datastore's labels (a slide's ASAP XML label is
-  cut into patches at the working resolution: :mod:`pathseqsam.label.slide_patches`).
+  cut into patches at the working resolution: :mod:`pathseqsam.label.slides.label_patches`).
 
 Settings (``--conf KEY VALUE``): ``bundle`` (bundle folder, default the repository's ``bundle/``),
 ``bundle.<config id>`` (config overrides), ``z_spacing_um``, ``max_megapixels``, ``max_wsi_tiles`` (see
 :mod:`pathseqsam.label.bundle`), ``skip_trainers`` (``true`` serves inference only).
 
-Requests: only the options of :mod:`pathseqsam.label.options` are accepted (typed, ranged, fixed
+Requests: only the options of :mod:`pathseqsam.label.requests.options` are accepted (typed, ranged, fixed
 choices; anything else is dropped and logged), only datastore images are read (no uploaded files,
 no sessions, no ``image`` path in ``params``), and malformed ``params`` answer 4xx before MONAI
-Label sees them (:mod:`pathseqsam.label.guards`). The server is for a trusted network: see the
+Label sees them (:mod:`pathseqsam.label.server.guards`). The server is for a trusted network: see the
 README (``--host 127.0.0.1``, MONAI Label's authentication). MONAI Label creates ``model/``, ``lib/``,
 ``logs/`` and ``bin/`` in this folder (ignored by git).
 """
@@ -52,7 +52,7 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import name_to_device, strtobool
 
 import pathseqsam
-from pathseqsam.label import LABELS, guards, wsi_route
+from pathseqsam.label import LABELS
 from pathseqsam.label.bundle import (
     bundle_overrides,
     inference_setting,
@@ -62,9 +62,10 @@ from pathseqsam.label.bundle import (
     z_spacing_setting,
 )
 from pathseqsam.label.infer import PathSeqSAMInferTask
-from pathseqsam.label.options import RequestRefused, clean_request, wsi_options
-from pathseqsam.label.slide_region import is_pyramidal_slide
-from pathseqsam.label.slide_wsi import (
+from pathseqsam.label.requests.options import RequestRefused, clean_request, wsi_options
+from pathseqsam.label.server import guards, wsi_route
+from pathseqsam.label.slides.region import is_pyramidal_slide
+from pathseqsam.label.slides.wsi_job import (
     DEFAULT_MAX_TILES,
     WSI_OUTPUTS,
     WholeSlideJobs,
@@ -167,7 +168,7 @@ class PathSeqSAMApp(MONAILabelApp):
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}
 
-    # -- request checks (called by pathseqsam.label.guards before MONAI Label's endpoint code, and
+    # -- request checks (called by pathseqsam.label.server.guards before MONAI Label's endpoint code, and
     # again by infer/train for the paths that do not go through those endpoints: batch inference,
     # the command line, the background training process) ------------------------------------------
 
@@ -241,9 +242,9 @@ class PathSeqSAMApp(MONAILabelApp):
     def infer_wsi(self, request: Mapping[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Whole-slide inference with the bundle's slide pipeline (not MONAI Label's per-tile path).
 
-        Called by ``/infer/wsi_v2/{model}`` in a worker thread (:mod:`pathseqsam.label.wsi_route`).
-        The request is cleaned against :func:`pathseqsam.label.options.wsi_options`; the slide runs
-        through :class:`pathseqsam.label.slide_wsi.WholeSlideJobs` (one at a time, tile cap,
+        Called by ``/infer/wsi_v2/{model}`` in a worker thread (:mod:`pathseqsam.label.server.wsi_route`).
+        The request is cleaned against :func:`pathseqsam.label.requests.options.wsi_options`; the slide runs
+        through :class:`pathseqsam.label.slides.wsi_job.WholeSlideJobs` (one at a time, tile cap,
         progress); the polygons come back in level-0 pixels as ASAP XML, DSA JSON, GeoJSON or JSON.
 
         Returns:

@@ -7,7 +7,7 @@ MONAI Label's conventions (those of its SAM2 task and its 3D/2D clients):
   slice index. A click without z belongs to the slice named by ``slice`` (or to the only slice);
 * ``roi``: a box ``[x0, y0, x1, y1]`` on that slice, or ``[x0, y0, x1, y1, z0, z1]`` on every slice
   ``z0 <= z < z1`` (at least ``z0``); an empty list means no box;
-* pathology regions (``location``/``size``, :mod:`pathseqsam.label.region`): clicks and boxes are in
+* pathology regions (``location``/``size``, :mod:`pathseqsam.label.requests.region`): clicks and boxes are in
   whole-image pixels and are shifted into the region.
 
 The result is :meth:`PathSeqSAM.forward`'s ``prompts`` for a batch of one sequence: clicks become
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pathseqsam.label.region import Region
+from pathseqsam.label.requests.region import Region
 
 __all__ = ["request_prompts"]
 

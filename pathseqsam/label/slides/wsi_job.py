@@ -2,7 +2,7 @@
 
 MONAI Label's own ``infer_wsi`` cuts a slide into non-overlapping tiles and infers them one by one;
 a glomerulus on a tile border comes back as two polygons. Here the request runs the bundle's
-whole-slide pipeline instead (:class:`pathseqsam.engine.slide_inference.SlideSegmenter`, the
+whole-slide pipeline instead (:class:`pathseqsam.wsi.segment.SlideSegmenter`, the
 settings of ``configs/inference_wsi.json``): tissue tiles as ONE sequence with distance-aware memory,
 blended on disk, thresholded and cleaned block by block, one polygon per object in level-0 pixels.
 The polygons are then written by MONAI Label's own writers (ASAP XML, DSA JSON: what its QuPath and
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pathseqsam.data.slides import SlideError
-from pathseqsam.engine.slide_inference import SlideSegmenter, SlideTooLarge
-from pathseqsam.engine.slide_outputs import GLOMERULUS_CLASS, ring_area
-from pathseqsam.label.options import RequestRefused, RequestTooLarge
+from pathseqsam.label.requests.options import RequestRefused, RequestTooLarge
+from pathseqsam.wsi.outputs import GLOMERULUS_CLASS, ring_area
+from pathseqsam.wsi.reader import SlideError
+from pathseqsam.wsi.segment import SlideSegmenter, SlideTooLarge
 
 __all__ = [
     "DEFAULT_MAX_TILES",
@@ -81,7 +81,7 @@ def wsi_settings(bundle_dir: str | Path, overrides: Mapping[str, Any]) -> dict[s
         overrides: the server's ``--conf bundle.<id>`` overrides (as for ``inference.json``).
 
     Returns:
-        :class:`~pathseqsam.engine.slide_inference.SlideInferenceSettings` keyword arguments.
+        :class:`~pathseqsam.wsi.segment.SlideInferenceSettings` keyword arguments.
 
     Raises:
         FileNotFoundError: the bundle has no ``configs/inference_wsi.json``.
@@ -199,7 +199,7 @@ class WholeSlideJobs:
             device: torch device.
             slide_path: the datastore's slide file.
             image_id: its datastore id (for messages and the answer).
-            request: the cleaned request (:func:`pathseqsam.label.options.wsi_options`).
+            request: the cleaned request (:func:`pathseqsam.label.requests.options.wsi_options`).
 
         Returns:
             ``{"features": GeoJSON features, "summary": the pipeline's summary, "region": [x, y, w, h]

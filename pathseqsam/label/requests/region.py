@@ -5,7 +5,7 @@ pixel) and ``size`` ``[width, height]``, and their clicks and boxes in pixels of
 The region is cut out of every slice, the model sees only that region, clicks are shifted into it,
 and the returned mask covers the region (its ``location`` and ``size`` are echoed in the result).
 Here only full-resolution pixels are addressed (``level`` 0): patches and stacks are read whole.
-Pyramidal whole-slide images take the other path, :mod:`pathseqsam.label.slide_region`, which reads
+Pyramidal whole-slide images take the other path, :mod:`pathseqsam.label.slides.region`, which reads
 only the region, at any level.
 """
 

@@ -3,7 +3,7 @@
 A pathology request names a region with ``location`` ``[x, y]`` (top-left, in LEVEL-0 pixels, the
 clients' convention), ``size`` ``[width, height]`` (in pixels of the requested ``level``) and
 ``level`` (any level the slide has). :class:`SlideRegiond` reads only that rectangle of that level
-through :mod:`pathseqsam.data.slides` (OpenSlide; a whole level is never decoded), and hands the
+through :mod:`pathseqsam.wsi.reader` (OpenSlide; a whole level is never decoded), and hands the
 bundle's preprocessing a one-slice sequence at the level's own pixel grid, with the level's microns
 per pixel (from the slide's metadata) as ``mpp_um``: the bundle's ``LoadSequenced`` then resamples it
 to ``model_mpp_um`` exactly as it resamples a 2D patch, and its postprocessing brings the prediction
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from pathseqsam.data.slides import open_slide
-from pathseqsam.label.options import RequestRefused, RequestTooLarge
-from pathseqsam.label.region import Region
+from pathseqsam.label.requests.options import RequestRefused, RequestTooLarge
+from pathseqsam.label.requests.region import Region
+from pathseqsam.wsi.reader import open_slide
 
 __all__ = [
     "SLIDE_SUFFIXES",
@@ -96,7 +96,7 @@ def slide_region(
     Args:
         request: ``location`` ``[x, y]`` (level 0), ``size`` ``[w, h]`` (at ``level``; absent or
             ``[0, 0]``: the whole level), ``level`` (default 0).
-        slide: an open :class:`pathseqsam.data.slides.Slide`.
+        slide: an open :class:`pathseqsam.wsi.reader.Slide`.
         model_mpp_um: the bundle's working resolution.
         max_pixels: pixel budget of one request, or None.
 
@@ -151,7 +151,7 @@ class SlideRegiond:
 
     Output keys: ``image`` (a one-element list holding the region, RGB ``uint8 [H, W, 3]`` at the
     requested level, which ``LoadSequenced`` decodes like a 2D patch), ``mpp_um`` (the level's),
-    ``region`` (a :class:`~pathseqsam.label.region.Region` in level-0 pixels, for the prompts),
+    ``region`` (a :class:`~pathseqsam.label.requests.region.Region` in level-0 pixels, for the prompts),
     ``slide_region`` (the :class:`SlideRegion`, for the writer) and ``case``.
 
     Args:

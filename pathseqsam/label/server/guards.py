@@ -29,7 +29,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in the core environment's test
     raise ImportError(INSTALL_HINT) from exc
 
-from pathseqsam.label.options import RequestRefused
+from pathseqsam.label.requests.options import RequestRefused
 
 __all__ = ["install"]
 

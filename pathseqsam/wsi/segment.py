@@ -2,9 +2,9 @@
 
 Per slide (:meth:`SlideSegmenter.segment`):
 
-1. open the slide (:func:`pathseqsam.data.slides.open_slide`: region reads only, microns per pixel
+1. open the slide (:func:`pathseqsam.wsi.reader.open_slide`: region reads only, microns per pixel
    from the metadata or ``mpp_um``);
-2. tissue mask on a low-resolution overview (:func:`pathseqsam.data.tiles.tissue_mask`) and the
+2. tissue mask on a low-resolution overview (:func:`pathseqsam.wsi.tiles.tissue_mask`) and the
    tissue tiles, ``tile_um`` every ``stride_um`` (default: the network's field of view,
    ``image_size x model_mpp_um``, with 50 % overlap), ordered along a short path;
 3. the tiles, read at ``model_mpp_um`` from the coarsest adequate pyramid level, are fed to the
@@ -14,10 +14,10 @@ Per slide (:meth:`SlideSegmenter.segment`):
    distance unit of Eq. 1 is the tile stride. ``per_tile=True`` segments each tile alone (the
    no-memory baseline);
 4. each tile's probabilities are blended (Gaussian or average weights, as MONAI's mergers) into a
-   disk-backed map (:mod:`~pathseqsam.engine.slide_stitching`), then thresholded and cleaned block
+   disk-backed map (:mod:`~pathseqsam.wsi.stitch`), then thresholded and cleaned block
    by block;
 5. outputs in ``OUTPUT/<slide name>/``: ``mask.tif``, ``glomeruli.geojson``, ``summary.json``,
-   ``thumbnail.png`` (:mod:`~pathseqsam.engine.slide_outputs`), written into a temporary folder
+   ``thumbnail.png`` (:mod:`~pathseqsam.wsi.outputs`), written into a temporary folder
    renamed into place at the end, so a crash never leaves half a result and an earlier run's
    folder is never overwritten unless ``overwrite`` is set.
 
@@ -50,18 +50,18 @@ from scipy import ndimage
 
 from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
 from pathseqsam.atomic import atomic_write, atomic_write_json
-from pathseqsam.data.slides import Slide, SlideError, open_slide
-from pathseqsam.data.tiles import TILE_ORDERS, Tile, order_tiles, tile_grid, tissue_mask
-from pathseqsam.engine.distributed import dist_rank_and_world
-from pathseqsam.engine.slide_outputs import (
+from pathseqsam.modeling.resolution import model_mpp_um_of
+from pathseqsam.ranks import dist_rank_and_world
+from pathseqsam.wsi.outputs import (
     draw_contours,
     geojson_feature,
     object_polygon,
     sample_mask,
     write_mask_pyramid,
 )
-from pathseqsam.engine.slide_stitching import DiskArray, DiskBlender, clean_blocks, map_shape
-from pathseqsam.modeling.resolution import model_mpp_um_of
+from pathseqsam.wsi.reader import Slide, SlideError, open_slide
+from pathseqsam.wsi.stitch import DiskArray, DiskBlender, clean_blocks, map_shape
+from pathseqsam.wsi.tiles import TILE_ORDERS, Tile, order_tiles, tile_grid, tissue_mask
 
 __all__ = [
     "SLIDE_SUFFIXES",

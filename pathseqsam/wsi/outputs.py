@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pathseqsam.engine.slide_stitching import DiskArray
+from pathseqsam.wsi.stitch import DiskArray
 
 __all__ = [
     "GLOMERULUS_CLASS",

@@ -1,11 +1,11 @@
 """Slide-level evaluation (KPIs Task 2): segment slides, score the mask TIFFs against ground truth.
 
 :func:`score_mask_files` compares a predicted and a ground-truth mask TIFF (anything
-:func:`~pathseqsam.data.slides.open_slide` reads; foreground = non-zero) in level-0 geometry, in
-row bands of bounded size (:class:`~pathseqsam.slide_metrics.SlideScorer`): Dice, object F1 at
+:func:`~pathseqsam.wsi.reader.open_slide` reads; foreground = non-zero) in level-0 geometry, in
+row bands of bounded size (:class:`~pathseqsam.wsi.metrics.SlideScorer`): Dice, object F1 at
 IoU >= 0.5 one-to-one, and the KPIs script's greedy variant beside it.
 
-:class:`SlideEvaluator` runs :class:`~pathseqsam.engine.slide_inference.SlideSegmenter` for each
+:class:`SlideEvaluator` runs :class:`~pathseqsam.wsi.segment.SlideSegmenter` for each
 mode (``"sequence"``: the tiles as one PathSeqSAM sequence; ``"per_tile"``: no memory, the
 baseline), scores every slide, and writes ``slides.csv`` (one row per slide and mode, then the mean
 per mode, as KPIs reports) and ``summary.json``.
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from pathseqsam.atomic import atomic_write_json, atomic_write_text
-from pathseqsam.data.kpis_slides import kpis_task2_pairs, pair_slides_with_masks
-from pathseqsam.data.slides import SlideError, open_slide
-from pathseqsam.engine.slide_inference import SlideSegmenter, list_slides
-from pathseqsam.slide_metrics import SlideScorer
+from pathseqsam.wsi.kpis import kpis_task2_pairs, pair_slides_with_masks
+from pathseqsam.wsi.metrics import SlideScorer
+from pathseqsam.wsi.reader import SlideError, open_slide
+from pathseqsam.wsi.segment import SlideSegmenter, list_slides
 
 __all__ = ["CSV_COLUMNS", "MODES", "SlideEvaluator", "score_mask_files"]
 
@@ -94,7 +94,7 @@ class SlideEvaluator:
     """Segment slides and score them against ground-truth masks.
 
     Give ``slides`` and ``masks`` (paths, folders or glob patterns; masks are matched to slides by
-    name, see :mod:`pathseqsam.data.kpis_slides`), or else ``dataset_dir`` (a KPIs Task 2 root).
+    name, see :mod:`pathseqsam.wsi.kpis`), or else ``dataset_dir`` (a KPIs Task 2 root).
 
     Args:
         network: the PathSeqSAM network.
@@ -107,7 +107,7 @@ class SlideEvaluator:
         checkpoint: optional weights for ``network``.
         device: torch device.
         amp: bf16 autocast on CUDA.
-        **settings: :class:`~pathseqsam.engine.slide_inference.SlideInferenceSettings` fields
+        **settings: :class:`~pathseqsam.wsi.segment.SlideInferenceSettings` fields
             (``per_tile`` is set by ``modes``).
     """
 

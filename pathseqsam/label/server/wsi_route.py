@@ -8,7 +8,7 @@ routes, same paths, same parameters (``image``, the ``wsi`` form field holding M
 
 * refuse uploads and sessions (only datastore images are read) and malformed ``wsi`` JSON (400);
 * hand the request to :meth:`PathSeqSAMApp.infer_wsi` (which cleans it against the typed whitelist
-  :func:`pathseqsam.label.options.wsi_options`) in a worker thread (``run_in_threadpool``), so the
+  :func:`pathseqsam.label.requests.options.wsi_options`) in a worker thread (``run_in_threadpool``), so the
   event loop keeps answering;
 * also accept ``output=geojson`` (QuPath GeoJSON, level-0 pixels) besides ``asap``, ``dsa`` and
   ``json``.
@@ -38,7 +38,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in the core environment's test
     raise ImportError(INSTALL_HINT) from exc
 
-from pathseqsam.label.options import RequestRefused
+from pathseqsam.label.requests.options import RequestRefused
 
 __all__ = ["WSIOutput", "install"]
 

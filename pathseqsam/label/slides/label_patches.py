@@ -8,7 +8,7 @@ annotated is background, and the region is cut into patches for training. Unlike
 which reads the region at level 0 in one piece, here:
 
 * the patches are cut at the bundle's working resolution ``model_mpp_um`` (physical size is data):
-  each patch is read on its own (:meth:`pathseqsam.data.slides.Slide.read_scaled`, from the coarsest
+  each patch is read on its own (:meth:`pathseqsam.wsi.reader.Slide.read_scaled`, from the coarsest
   adequate level, resampled by ``mpp_um / model_mpp_um``), so memory is one patch whatever the
   region's size, and the polygons are drawn at the same resolution;
 * groups: ``glomerulus`` (any case), ASAP's default ``None`` or no group are glomeruli; ``region`` /
@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pathseqsam.data.errors import SequenceDataError
-from pathseqsam.data.slides import open_slide
-from pathseqsam.data.tiles import tile_starts
+from pathseqsam.wsi.reader import open_slide
+from pathseqsam.wsi.tiles import tile_starts
 
 __all__ = [
     "GLOMERULUS_GROUPS",
