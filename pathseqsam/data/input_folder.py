@@ -30,10 +30,12 @@ from typing import Any
 
 from pathseqsam.data.datalist import slice_folder_item
 from pathseqsam.data.errors import SequenceDataError
+from pathseqsam.data.image_io import read_image_size
 from pathseqsam.data.resolution import MPP_HINT, resolve_mpp_um
 from pathseqsam.data.stacks import is_nifti_path, is_tiff_path, probe_stack
 
 __all__ = [
+    "EXPECTED_INPUTS",
     "IMAGE_2D_SUFFIXES",
     "WSI_POINTER",
     "FolderInputs",
@@ -47,6 +49,13 @@ WSI_POINTER = (
     "a pyramidal whole-slide image; run the whole-slide command on it "
     "(python -m monai.bundle run --config_file bundle/configs/inference_wsi.json ...)"
 )
+# What an input folder may hold, and the pixel-size rule: the tail of every "nothing to segment" error,
+# so a user who typed a wrong folder (or a first try on an empty one) learns what the command wants.
+EXPECTED_INPUTS = (
+    "expected 2D images (.png, .jpg, .jpeg, .bmp, single-page .tif/.tiff), stacks (multi-page .tif/.tiff, "
+    ".ome.tif, .nii, .nii.gz) or sub-folders of 2D images (one ordered sequence each)"
+)
+_MPP_NOTE = "; files without a pixel size (PNG, JPEG and BMP never have one) also need '--mpp_um <um per px>'"
 POSITIONS_CSV = "positions.csv"
 _RESERVED = {"summary.json"}  # names of files the inference writer puts next to the input folders
 _NAME_SUFFIXES = (
@@ -131,9 +140,12 @@ def _stack_item(path: Path) -> dict[str, Any]:
 
 
 def _classify(path: Path) -> str:
-    """``"2d"``, ``"stack"``, ``"pyramid"`` or ``"other"``."""
+    """``"2d"``, ``"stack"``, ``"pyramid"`` or ``"other"``; SequenceDataError for an unreadable image."""
     name = path.name.lower()
     if name.endswith(IMAGE_2D_SUFFIXES):
+        # the header only (no pixels): a truncated or mis-named file is skipped with the reason here
+        # rather than stopping the run mid-way, and a folder of only such files is "no readable image"
+        read_image_size(path)
         return "2d"
     if name.endswith(".svs"):
         return "pyramid"
@@ -213,12 +225,19 @@ def scan_input_folder(
         The :class:`FolderInputs`.
 
     Raises:
-        SequenceDataError: ``root`` does not exist, holds no usable input (lists what was skipped),
-            or inputs lack a pixel size (lists them and says how to give one).
+        SequenceDataError: ``root`` does not exist, is empty, holds no usable input (lists what was
+            skipped), or inputs lack a pixel size (lists them and says how to give one); each message
+            names ``root`` and says what was expected (:data:`EXPECTED_INPUTS`, and ``--mpp_um`` when
+            ``mpp_um`` is not given).
     """
     root = Path(root)
+    # the folder as given, and where that is when it was relative (the command's working directory)
+    named = str(root) if root.is_absolute() else f"{root} ({Path.cwd() / root})"
+    expected = EXPECTED_INPUTS + ("" if mpp_um is not None else _MPP_NOTE)
     if not root.exists():
-        raise SequenceDataError(f"{root}: input folder not found")
+        raise SequenceDataError(f"input folder {named} not found: {expected}")
+    if root.is_dir() and not any(not p.name.startswith(".") for p in root.iterdir()):
+        raise SequenceDataError(f"input folder {named} is empty: {expected}")
     result = FolderInputs()
     entries: list[tuple[Path, dict[str, Any]]] = []
     candidates = [root] if root.is_file() else sorted(root.iterdir(), key=lambda p: natural_key(p.name))
@@ -245,10 +264,9 @@ def scan_input_folder(
         except SequenceDataError as exc:
             result.skipped.append({"file": str(path), "reason": str(exc)})
     if not entries:
-        listed = (
-            "; ".join(f"{s['file']}: {s['reason']}" for s in result.skipped[:10]) or "the folder is empty"
-        )
-        raise SequenceDataError(f"{root}: no input image found ({listed})")
+        more = f"; +{len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
+        listed = "; ".join(f"{s['file']}: {s['reason']}" for s in result.skipped[:10]) + more
+        raise SequenceDataError(f"no readable input image in {named} (skipped: {listed}): {expected}")
     missing = []
     for (path, item), name in zip(entries, _unique_names(entries)):
         first = item["image"][0] if isinstance(item["image"], list) else item["image"]

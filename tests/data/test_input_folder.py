@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -74,12 +76,71 @@ def test_missing_pixel_size_and_empty_folders_are_errors(tmp_path):
         SequenceDataError, match=r"2 input\(s\) have no pixel size: .*a\.png, .*seq; .*--mpp_um"
     ):
         scan_input_folder(tmp_path)
-    with pytest.raises(SequenceDataError, match=r"no input image found \(.*notes\.txt: not an image"):
-        (tmp_path / "other").mkdir()
-        (tmp_path / "other" / "notes.txt").write_text("x")
-        scan_input_folder(tmp_path / "other")
-    with pytest.raises(SequenceDataError, match="input folder not found"):
-        scan_input_folder(tmp_path / "missing")
+
+
+def test_missing_empty_and_unreadable_folders_name_the_folder_and_what_was_expected(tmp_path):
+    """Nothing to segment is an error naming the folder, the accepted suffixes and (without --mpp_um)
+    the pixel-size rule; the scan never creates or writes into the folder."""
+    missing = tmp_path / "missing"
+    with pytest.raises(SequenceDataError) as err:
+        scan_input_folder(missing)
+    message = str(err.value)
+    assert message.startswith(
+        f"input folder {missing} not found: expected 2D images (.png, .jpg, .jpeg, .bmp"
+    )
+    assert (
+        ".nii.gz" in message and "sub-folders of 2D images" in message and "--mpp_um <um per px>" in message
+    )
+    assert not missing.exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"x")  # hidden files do not count
+    with pytest.raises(
+        SequenceDataError, match=rf"^input folder {re.escape(str(empty))} is empty: expected 2D images"
+    ) as err:
+        scan_input_folder(empty)
+    assert "--mpp_um" in str(err.value)
+    with pytest.raises(SequenceDataError, match="is empty") as err:
+        scan_input_folder(empty, mpp_um=0.5)
+    assert "--mpp_um" not in str(err.value)  # given already: the hint would be noise
+    assert sorted(p.name for p in empty.iterdir()) == [".DS_Store"]
+
+    # a folder of files none of which is a readable image: a text file, a PNG that is not one, a
+    # truncated TIFF; each is listed with its reason
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    (other / "scan.png").write_bytes(b"not a png")
+    (other / "cut.tif").write_bytes(b"II*\x00")
+    with pytest.raises(SequenceDataError) as err:
+        scan_input_folder(other, mpp_um=0.5)
+    message = str(err.value)
+    assert message.startswith(f"no readable input image in {other} (skipped: ")
+    assert f"{other / 'notes.txt'}: not an image" in message
+    assert (
+        f"{other / 'scan.png'}: cannot read image" in message
+        and f"{other / 'cut.tif'}: cannot read" in message
+    )
+    assert message.endswith("sub-folders of 2D images (one ordered sequence each)")
+
+
+def test_a_relative_folder_is_named_as_given_and_where_it_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        SequenceDataError,
+        match=rf"^input folder my_images \({re.escape(str(tmp_path / 'my_images'))}\) not found",
+    ):
+        scan_input_folder("my_images")
+
+
+def test_an_unreadable_image_beside_good_ones_is_skipped_with_the_reason(tmp_path):
+    _png(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG truncated")
+    found = scan_input_folder(tmp_path, mpp_um=1.0)
+    assert [item["case"] for item in found.items] == ["good"]
+    assert len(found.skipped) == 1 and found.skipped[0]["file"] == str(tmp_path / "bad.png")
+    assert "cannot read image" in found.skipped[0]["reason"]
 
 
 def test_names_never_collide_with_each_other_or_the_summary(tmp_path):

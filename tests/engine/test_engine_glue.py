@@ -55,8 +55,12 @@ def test_latest_checkpoint_and_prepare_datalist(tmp_path):
         prepare_datalist(data)
     (data / "datalist.json").write_text("{}")
     assert prepare_datalist(data) == str(data / "datalist.json")
-    with pytest.raises(FileNotFoundError, match="is empty"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty is empty"):
         prepare_datalist(tmp_path / "empty", generate_if_empty=False)
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
+        prepare_datalist(tmp_path / "missing", generate_if_empty=False)
+    assert not (tmp_path / "missing").exists() and not any((tmp_path / "empty").iterdir())
 
 
 def _engine_with_loss(value: float) -> Engine:
