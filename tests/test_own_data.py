@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,44 @@ def test_own_folder_of_pngs_and_a_multipage_tiff(demo_checkpoint, tmp_path):
     # two inputs named 'patch' never share a folder
     png = np.asarray(Image.open(out / summary["cases"]["patch_png"]["slices"][0]["mask"]))
     assert png.shape == (128, 128) and (out / "patch_jpg" / "patch_mask.png").is_file()
+
+
+def _readme_own_data_command() -> list[str]:
+    """The README's own-data command, read from README.md (so the test runs what a newcomer copies): the
+    first line of a fenced code block that runs ``configs/inference.json`` with ``--dataset_dir`` and
+    ``--mpp_um``."""
+    in_code, found = False, []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif in_code and "configs/inference.json" in line and "--dataset_dir" in line and "--mpp_um" in line:
+            found.append(line.strip())
+    assert found, "README.md has no own-data command (configs/inference.json with --dataset_dir and --mpp_um)"
+    return shlex.split(found[0])
+
+
+def test_readme_own_data_command_on_a_missing_folder_fails_naming_it(tmp_path):
+    """A typo or a first try: the README's command on a folder that does not exist stops with an error
+    naming the folder, and writes nothing (no demo set generated into it, no masks)."""
+    argv = _readme_own_data_command()
+    assert Path(argv[0]).name.startswith("python") and argv[1:3] == ["-m", "monai.bundle"]
+    dataset = Path(argv[argv.index("--dataset_dir") + 1])
+    output = Path(argv[argv.index("--output_dir") + 1]) if "--output_dir" in argv else None
+    assert not dataset.is_absolute()  # relative to where the newcomer runs it: here, an empty folder
+    # the command's working directory: a fresh folder holding only the bundle's configs, as a checkout does
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "configs").symlink_to(CONFIGS, target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert f"input folder {dataset} ({tmp_path / dataset}) not found: expected 2D images (.png" in proc.stderr
+    assert not (tmp_path / dataset).exists()  # no demo set generated into it
+    if output is not None:
+        assert not (tmp_path / output).exists() or not any((tmp_path / output).iterdir())
+    # nothing else written either (no demo folder under the bundle, no output folder)
+    written = sorted(
+        os.path.relpath(os.path.join(d, n), tmp_path) for d, ds, fs in os.walk(tmp_path) for n in ds + fs
+    )
+    assert written == ["bundle", "bundle/configs"]  # os.walk does not follow the configs link
