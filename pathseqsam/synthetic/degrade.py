@@ -13,6 +13,8 @@ Kinds (a degraded section gets one, sometimes two):
 Folds, tears and losses are aimed at a glomerulus most of the time, so the damage removes exactly the
 evidence a per-slice model needs. The mask is NOT changed: it stays the glomerulus cross-section at
 that depth (the question a stack answers), which the clean sections a few micrometres away reveal.
+Tears and losses record where the glass is bare (:attr:`Degradation.lost`), so a generator asked for
+honest masks can clear the truth there; recording it draws no random number, so it changes no image.
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ class Degradation:
     Attributes:
         kinds: names from :data:`DEGRADATION_KINDS`, in the order applied.
         params: parameters actually drawn, for the record (JSON-serialisable).
+        lost: bool ``[H, W]`` where a tear or a loss left bare glass (None when neither was applied);
+            filled by :func:`apply_degradation`. Folds are not in it: folded tissue is still tissue.
     """
 
     kinds: list[str]
     params: dict[str, float] = field(default_factory=dict)
+    lost: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def choose_degraded_sections(rng: np.random.Generator, n: int, fraction: float) -> list[int]:
@@ -182,6 +187,7 @@ def apply_degradation(
                 hole = np.hypot(xx - point[0], yy - point[1]) < radius * (1.0 + 0.25 * ragged)
                 deg.params.update(loss_fraction=float(hole.mean()))
             out = np.where(hole[None], out * 0.03, out)
+            deg.lost = hole if deg.lost is None else deg.lost | hole
         elif kind == "blur":
             rgb = concentrations_to_rgb(out, stains) if rgb is None else rgb
             sigma = float(rng.uniform(5.0, 9.0)) / step_um

@@ -29,6 +29,8 @@ run leaves nothing half-written.
 CLI::
 
     python -m pathseqsam.synthetic --out DIR --cases 10 --seed 0 [--image-size 256] [--sections 10] [--stain he]
+    python -m pathseqsam.synthetic --out DIR --sections 24 --spacing variable --damage-burst 8 \\
+        --misregistration pose --honest-masks     # the study's dials (see pathseqsam.synthetic.dials)
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ from pathseqsam.synthetic.degrade import (
     choose_degraded_sections,
     sample_degradation,
 )
+from pathseqsam.synthetic.dials import (
+    GLOMERULI_PER_MM3,
+    MISREGISTRATION_SETTINGS,
+    SPACING_SETTINGS,
+    Dials,
+    canvas_margin_um,
+    damage_flags,
+    dial_stream,
+    move_section,
+    section_gaps,
+    section_poses,
+)
 from pathseqsam.synthetic.tissue import (
     DIFFICULTIES,
     STAIN_PRESETS,
@@ -71,6 +85,7 @@ __all__ = [
     "SYNTHETIC_META",
     "generate_synthetic_dataset",
     "main",
+    "plan_dial_case",
     "synthetic_case_names",
 ]
 
@@ -112,23 +127,20 @@ def _save_jpeg(path: Path, array: np.ndarray, quality: int) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="JPEG", quality=quality))
 
 
-def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
-    """Render and write one case (runs in a worker process when ``workers > 1``)."""
-    root, k, name, split = Path(task["root"]), task["index"], task["name"], task["split"]
-    size, field_um, mpp = task["image_size"], task["field_um"], task["field_um"] / task["image_size"]
+def _legacy_sections(task: dict[str, Any]) -> dict[str, Any]:
+    """Depths, tissue and sections of one case with the original generator (one random stream per
+    case, whole-pixel depths): the default, kept byte for byte."""
+    k, size, mpp = task["index"], task["image_size"], task["field_um"] / task["image_size"]
     rng = np.random.default_rng(np.random.SeedSequence(task["seed"], spawn_key=(k,)))
     lo, hi = task["sections"]
     n = int(rng.integers(lo, hi + 1))
     z_px = _section_depths(rng, n, task["spacing_um"], mpp)
     z_um = z_px * mpp
     block = make_tissue_block(
-        rng, field_um, (float(z_um[0]), float(z_um[-1])), task["difficulty"], stain=task["stain"]
+        rng, task["field_um"], (float(z_um[0]), float(z_um[-1])), task["difficulty"], stain=task["stain"]
     )
     degraded = set(choose_degraded_sections(rng, n, task["degraded_fraction"]))
-
-    case_dir = root / "Task1_patch_level" / _SPLIT_FOLDERS[split] / SYNTHETIC_CLASS / name
-    prefix = f"{SYNTHETIC_CLASS}_{name}" if k % 2 == 0 else name
-    images, masks, image_files, mask_files, damage = [], [], [], [], []
+    images, masks, damage = [], [], []
     for i in range(n):
         section = render_section(block, float(z_um[i]), size, rng)
         if i in degraded:
@@ -138,20 +150,147 @@ def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
             deg = Degradation(kinds=[])
             rgb = concentrations_to_rgb(section.amounts, block.stains)
         rgb = rgb + rng.normal(0.0, 1.5 / 255.0, size=rgb.shape).astype(np.float32)  # sensor noise
-        image = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-        mask = section.mask.astype(np.uint8) * 255
-        stem = f"{prefix}_{i}_0_{int(z_px[i])}"
+        images.append(np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8))
+        masks.append(_truth(section.mask, deg, task["honest_masks"]))
+        damage.append(deg)
+    return {
+        "z_um": z_um,
+        "z_px": [int(z) for z in z_px],
+        "flags": [int(i in degraded) for i in range(n)],
+        "images": images,
+        "masks": masks,
+        "damage": damage,
+        "block": block,
+        "extra": {},
+    }
+
+
+def _truth(mask: np.ndarray, deg: Degradation, honest: bool) -> np.ndarray:
+    """The uint8 mask written for a section: background where the glass is bare when ``honest``."""
+    if honest and deg.lost is not None:
+        mask = mask & ~deg.lost
+    return mask.astype(np.uint8) * 255
+
+
+def plan_dial_case(task: dict[str, Any]) -> dict[str, Any]:
+    """Everything of a dials case but its pixels: settings, depths, damage flags and kinds, poses, tissue.
+
+    Each quantity comes from its own stream (:func:`pathseqsam.synthetic.dials.dial_stream`), so the
+    plan under one dial setting differs from another only in what that dial controls.
+
+    Args:
+        task: one case's task (keys as built by :func:`generate_synthetic_dataset`, with ``dials``).
+
+    Returns:
+        ``{"dials", "z_um", "flags", "kinds", "poses", "block", "margin_px", "canvas_px"}``.
+    """
+    seed, k, size = task["seed"], task["index"], task["image_size"]
+    mpp = task["field_um"] / size
+    dials = Dials(**task["dials"]).resolve(seed, k)
+    lo, hi = task["sections"]
+    n = int(dial_stream(seed, k, "count").integers(lo, hi + 1))
+    gaps = section_gaps(dial_stream(seed, k, "spacing"), n, dials.spacing)
+    z_um = np.concatenate([[0.0], np.cumsum(gaps)])
+    flags = damage_flags(dial_stream(seed, k, "damage"), n, float(dials.burst), task["degraded_fraction"])
+    kinds = [sample_degradation(dial_stream(seed, k, "damage_kind", i)).kinds for i in range(n)]
+    poses = section_poses(dial_stream(seed, k, "pose"), n, dials.misregistration)
+    margin_px = int(np.ceil(canvas_margin_um(task["field_um"]) / mpp)) + 2
+    canvas_px = size + 2 * margin_px
+    block = make_tissue_block(
+        dial_stream(seed, k, "tissue"),
+        canvas_px * mpp,
+        (float(z_um[0]), float(z_um[-1])),
+        task["difficulty"],
+        stain=task["stain"],
+        glomeruli_per_mm3=task["glomeruli_per_mm3"],
+    )
+    return {
+        "dials": dials,
+        "z_um": z_um,
+        "flags": flags,
+        "kinds": kinds,
+        "poses": poses,
+        "block": block,
+        "margin_px": margin_px,
+        "canvas_px": canvas_px,
+    }
+
+
+def _dial_sections(task: dict[str, Any]) -> dict[str, Any]:
+    """Sections of one case under the study's dials (:func:`plan_dial_case`), rendered."""
+    seed, k, size = task["seed"], task["index"], task["image_size"]
+    mpp = task["field_um"] / size
+    plan = plan_dial_case(task)
+    block = plan["block"]
+    images, masks, damage = [], [], []
+    for i, z in enumerate(plan["z_um"]):
+        render_rng = dial_stream(seed, k, "render", i)
+        section = render_section(block, float(z), plan["canvas_px"], render_rng)
+        amounts, mask = move_section(section.amounts, section.mask, plan["poses"][i], size, mpp)
+        if plan["flags"][i]:
+            deg = Degradation(kinds=list(plan["kinds"][i]))
+            rgb = apply_degradation(
+                deg, amounts, mask, dial_stream(seed, k, "damage_apply", i), mpp, block.stains
+            )
+        else:
+            deg = Degradation(kinds=[])
+            rgb = concentrations_to_rgb(amounts, block.stains)
+        rgb = rgb + render_rng.normal(0.0, 1.5 / 255.0, size=rgb.shape).astype(np.float32)  # sensor noise
+        images.append(np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8))
+        masks.append(_truth(mask, deg, task["honest_masks"]))
+        damage.append(deg)
+    # KPIs file names hold whole pixels: rounded, kept strictly increasing so they still give the
+    # cutting order; the datalists hold the exact (sub-pixel) depths.
+    z_px: list[int] = []
+    for z in plan["z_um"]:
+        z_px.append(max(int(np.rint(z / mpp)), z_px[-1] + 1 if z_px else 0))
+    return {
+        "z_um": plan["z_um"],
+        "z_px": z_px,
+        "flags": [int(f) for f in plan["flags"]],
+        "images": images,
+        "masks": masks,
+        "damage": damage,
+        "block": block,
+        "extra": {
+            "dials": plan["dials"].as_dict(),
+            "poses": [
+                {
+                    "shift_x_um": round(float(p[0]), 4),
+                    "shift_y_um": round(float(p[1]), 4),
+                    "rotation_deg": round(float(p[2]), 4),
+                }
+                for p in plan["poses"]
+            ],
+            "canvas_margin_um": plan["margin_px"] * mpp,
+        },
+    }
+
+
+def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
+    """Render and write one case (runs in a worker process when ``workers > 1``)."""
+    root, k, name, split = Path(task["root"]), task["index"], task["name"], task["split"]
+    mpp = task["field_um"] / task["image_size"]
+    sections = _legacy_sections(task) if task["dials"] is None else _dial_sections(task)
+    z_um, block = sections["z_um"], sections["block"]
+    n = len(z_um)
+
+    case_dir = root / "Task1_patch_level" / _SPLIT_FOLDERS[split] / SYNTHETIC_CLASS / name
+    prefix = f"{SYNTHETIC_CLASS}_{name}" if k % 2 == 0 else name
+    image_files, mask_files, damage = [], [], []
+    for i in range(n):
+        image, mask, deg = sections["images"][i], sections["masks"][i], sections["damage"][i]
+        stem = f"{prefix}_{i}_0_{sections['z_px'][i]}"
         image_file = case_dir / "img" / f"{stem}_img.jpg"
         mask_file = case_dir / "mask" / f"{stem}_mask.jpg"
         _save_jpeg(image_file, image, task["jpeg_quality"])
         _save_jpeg(mask_file, mask, 95)
-        images.append(image)
-        masks.append(mask)
         image_files.append(image_file)
         mask_files.append(mask_file)
         damage.append({"kinds": deg.kinds, **{k2: round(v, 4) for k2, v in deg.params.items()}})
+    images, masks = sections["images"], sections["masks"]
 
-    flags = [int(i in degraded) for i in range(n)]
+    flags = sections["flags"]
     positions = [[float(z)] for z in z_um]
     item = {
         "positions_um": positions,
@@ -159,6 +298,8 @@ def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
         "class": SYNTHETIC_CLASS,
         "degraded": flags,
         "mpp_um": mpp,
+        # the study's datasets only, so default datalists stay byte-identical
+        **({} if task["dials"] is None else {"dials": Dials(**sections["extra"]["dials"]).label()}),
     }
     result: dict[str, Any] = {
         "split": split,
@@ -181,6 +322,7 @@ def _generate_case(task: dict[str, Any]) -> dict[str, Any]:
             ],
             "tissue_edge": None if block.edge is None else [round(v, 4) for v in block.edge],
             "foreground_fraction": [round(float((m > 0).mean()), 5) for m in masks],
+            **sections["extra"],
         },
     }
     if task["stacks"]:
@@ -257,6 +399,9 @@ def generate_synthetic_dataset(
     contact_sheet: bool = True,
     workers: int = 1,
     overwrite: bool = False,
+    dials: Dials | None = None,
+    honest_masks: bool = False,
+    glomeruli_per_mm3: float = GLOMERULI_PER_MM3,
 ) -> Path:
     """Generate a synthetic serial-section dataset (see the module docstring for the layout).
 
@@ -282,6 +427,16 @@ def generate_synthetic_dataset(
             in the most sections.
         workers: processes rendering cases in parallel (results do not depend on it).
         overwrite: replace a previous synthetic dataset in ``out_dir``.
+        dials: None (the default): the original generator, byte for byte (``spacing_um`` ranges,
+            whole-pixel depths, never two damaged neighbours, registered sections). A
+            :class:`~pathseqsam.synthetic.dials.Dials`: the study's generator (every quantity from its
+            own stream; sub-pixel depths; ``spacing_um`` unused; ``degraded_fraction`` is the damage
+            chain's stationary fraction; glomeruli at ``glomeruli_per_mm3``), the settings recorded
+            in ``synthetic_meta.json`` (per case, ``mix`` resolved) and in every datalist item
+            (``dials``).
+        honest_masks: the truth is background where a tear or a loss left bare glass (folds
+            unchanged). Off by default so the default dataset stays as it was; on in every study set.
+        glomeruli_per_mm3: glomerulus density of the dials' blocks (unused when ``dials`` is None).
 
     Returns:
         Path of ``datalist.json``.
@@ -301,6 +456,16 @@ def generate_synthetic_dataset(
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
     if stain not in STAIN_PRESETS:
         raise ValueError(f"stain must be one of {sorted(STAIN_PRESETS)}, got {stain!r}")
+    if dials is not None and not isinstance(dials, Dials):
+        raise ValueError(
+            f"dials must be a pathseqsam.synthetic.dials.Dials or None, got {type(dials).__name__}"
+        )
+    if dials is None and not 0.0 <= degraded_fraction <= 0.5:
+        raise ValueError(
+            f"degraded_fraction must be in [0, 0.5] (no two damaged neighbours), got {degraded_fraction}"
+        )
+    if not glomeruli_per_mm3 >= 0:
+        raise ValueError(f"glomeruli_per_mm3 must be >= 0, got {glomeruli_per_mm3}")
     out = Path(out_dir).absolute()
     _prepare_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +487,9 @@ def generate_synthetic_dataset(
             "stain": stain,
             "jpeg_quality": int(jpeg_quality),
             "stacks": bool(stacks),
+            "dials": None if dials is None else dials.as_dict(),
+            "honest_masks": bool(honest_masks),
+            "glomeruli_per_mm3": float(glomeruli_per_mm3),
         }
         for k, (name, split) in enumerate(names)
     ]
@@ -363,6 +531,13 @@ def generate_synthetic_dataset(
             "difficulty": difficulty,
             # recorded only when not the default, so PAS datasets stay byte-identical to earlier ones
             **({} if stain == "pas" else {"stain": stain}),
+            # likewise recorded only when used
+            **(
+                {}
+                if dials is None
+                else {"dials": dials.as_dict(), "glomeruli_per_mm3": float(glomeruli_per_mm3)}
+            ),
+            **({"honest_masks": True} if honest_masks else {}),
             "contact_sheet_case": sheet_case,
             "kpis_reader": {
                 "offset_order": "xy",
@@ -387,6 +562,26 @@ def generate_synthetic_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out / "datalist.json"
+
+
+def _cli_dials(args: argparse.Namespace) -> Dials | None:
+    given = {
+        key: value
+        for key, value in (
+            ("spacing", args.spacing),
+            ("burst", args.damage_burst),
+            ("misregistration", args.misregistration),
+        )
+        if value is not None
+    }
+    if not given:
+        return None
+    if given.get("burst", "mix") != "mix":
+        try:
+            given["burst"] = float(given["burst"])
+        except ValueError:
+            raise ValueError(f"--damage-burst expects a number or mix, got {given['burst']!r}") from None
+    return Dials(**given)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -415,6 +610,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-contact-sheet", action="store_true")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous synthetic dataset")
+    study = parser.add_argument_group(
+        "the study's dials (any of them switches to the study's generator, the others at their nulls)"
+    )
+    study.add_argument("--spacing", choices=[*SPACING_SETTINGS, "mix"], default=None)
+    study.add_argument("--damage-burst", default=None, help="mean damage burst length: 1 (null), 4, 8 or mix")
+    study.add_argument("--misregistration", choices=[*MISREGISTRATION_SETTINGS, "mix"], default=None)
+    study.add_argument("--glomeruli-per-mm3", type=float, default=GLOMERULI_PER_MM3)
+    study.add_argument(
+        "--honest-masks", action="store_true", help="truth is background where tissue is torn or lost"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -433,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             contact_sheet=not args.no_contact_sheet,
             workers=args.workers,
             overwrite=args.overwrite,
+            dials=_cli_dials(args),
+            honest_masks=args.honest_masks,
+            glomeruli_per_mm3=args.glomeruli_per_mm3,
         )
     except (SequenceDataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -38,6 +38,7 @@ from scipy import ndimage
 
 __all__ = [
     "DIFFICULTIES",
+    "GLOMERULUS_REACH_UM",
     "STAIN_PRESETS",
     "Compartment",
     "Glomerulus",
@@ -336,14 +337,33 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
+# Largest z half-extent of a glomerulus (radius 58 um x axis factor 1.15): with a constant density the
+# centres must fill this much beyond the sectioned depth, or the first and last sections see fewer.
+GLOMERULUS_REACH_UM = 58.0 * 1.15
+
+
 def _place_glomeruli(
-    rng: np.random.Generator, field_um: float, z_range: tuple[float, float], easy: bool = False
+    rng: np.random.Generator,
+    field_um: float,
+    z_range: tuple[float, float],
+    easy: bool = False,
+    per_mm3: float | None = None,
 ) -> list[Glomerulus]:
     # easy: one to three glomeruli per block, centred within the sectioned depth (large profiles in
     # most sections, few thin polar caps) with a wider Bowman's space. The same random draws are
     # made in both modes, so only the values differ.
-    probs = [0.0, 0.4, 0.4, 0.2, 0.0] if easy else [0.06, 0.30, 0.32, 0.20, 0.12]
-    count = int(rng.choice([0, 1, 2, 3, 4], p=probs))
+    # per_mm3 (the study's blocks): a Poisson count for the block's volume, centres anywhere in the
+    # field and up to GLOMERULUS_REACH_UM beyond the sectioned depth, so the number of glomeruli per
+    # unit volume, and with it the share of sections that cut one, does not depend on how far apart
+    # the sections are.
+    if per_mm3 is None:
+        probs = [0.0, 0.4, 0.4, 0.2, 0.0] if easy else [0.06, 0.30, 0.32, 0.20, 0.12]
+        count = int(rng.choice([0, 1, 2, 3, 4], p=probs))
+        xy_range = (0.12, 0.88)
+    else:
+        depth = z_range[1] - z_range[0] + 2.0 * GLOMERULUS_REACH_UM
+        count = int(rng.poisson(per_mm3 * field_um * field_um * depth * 1e-9))
+        xy_range = (0.0, 1.0)
     placed: list[Glomerulus] = []
     for _ in range(count * 30):
         if len(placed) == count:
@@ -351,11 +371,16 @@ def _place_glomeruli(
         radius = rng.uniform(30.0, 58.0)
         axes = radius * rng.uniform(0.85, 1.15, size=3)
         # Centres may lie beyond the sectioned depth: such glomeruli appear or vanish along the stack.
-        margin = -0.25 * min(radius, 0.5 * (z_range[1] - z_range[0])) if easy else 0.35 * radius
+        if per_mm3 is not None:
+            margin = GLOMERULUS_REACH_UM
+        elif easy:
+            margin = -0.25 * min(radius, 0.5 * (z_range[1] - z_range[0]))
+        else:
+            margin = 0.35 * radius
         centre = np.array(
             [
-                rng.uniform(0.12, 0.88) * field_um,
-                rng.uniform(0.12, 0.88) * field_um,
+                rng.uniform(*xy_range) * field_um,
+                rng.uniform(*xy_range) * field_um,
                 rng.uniform(z_range[0] - margin, z_range[1] + margin),
             ]
         )
@@ -457,6 +482,7 @@ def make_tissue_block(
     z_range: tuple[float, float],
     difficulty: str = "realistic",
     stain: str = "pas",
+    glomeruli_per_mm3: float | None = None,
 ) -> TissueBlock:
     """Sample one case's tissue block.
 
@@ -470,6 +496,10 @@ def make_tissue_block(
             scratch in minutes on a CPU, the bundle's demo set). Damage is the same in both.
         stain: a key of :data:`STAIN_PRESETS` (``"pas"``: the demo's look; ``"he"``: H&E). The
             random draws do not depend on it: one seed gives the same tissue in every stain.
+        glomeruli_per_mm3: None (the default): one to four glomeruli per block whatever its depth.
+            A number: a Poisson count of that density over the block's volume (the field times the
+            sectioned depth plus :data:`GLOMERULUS_REACH_UM` on both sides), centres anywhere in the
+            field, so the share of sections that cut a glomerulus does not depend on the spacing.
 
     Returns:
         The :class:`TissueBlock`.
@@ -479,7 +509,7 @@ def make_tissue_block(
     if stain not in STAIN_PRESETS:
         raise ValueError(f"stain must be one of {sorted(STAIN_PRESETS)}, got {stain!r}")
     easy = difficulty == "easy"
-    glomeruli = _place_glomeruli(rng, field_um, z_range, easy)
+    glomeruli = _place_glomeruli(rng, field_um, z_range, easy, glomeruli_per_mm3)
     paths, radii, lumens, kinds = _grow_tubes(rng, field_um, z_range, glomeruli)
     if easy:  # arterioles (round, ring-like hard negatives) drawn as proximal tubules
         kinds = [TubeKind.PROXIMAL if k == TubeKind.ARTERIOLE else k for k in kinds]
