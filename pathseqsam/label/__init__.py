@@ -18,12 +18,15 @@ loads ``bundle/models/model.pt``. Modules:
   :mod:`pathseqsam.label.slides.wsi_job`: whole-slide requests through the bundle's slide pipeline (one at
   a time, tile cap, progress, MONAI Label's answer formats); :mod:`pathseqsam.label.slides.label_patches`:
   a slide's ASAP XML label cut into training patches at the working resolution;
-* :mod:`pathseqsam.label.infer`, :mod:`pathseqsam.label.train`: the MONAI Label tasks,
-  :mod:`pathseqsam.label.server.guards`: request checks before MONAI Label's own endpoint code, and
-  :mod:`pathseqsam.label.server.wsi_route`: MONAI Label's whole-slide routes served off the event loop
-  (need the ``label`` extra).
+* :mod:`pathseqsam.label.infer`, :mod:`pathseqsam.label.train`: the MONAI Label tasks (the infer
+  task checks the served weights against the network: 503 naming the file until they fit);
+* :mod:`pathseqsam.label.server.patches`: the one entry point that changes MONAI Label's running
+  server, behind one check of MONAI Label's version: :mod:`pathseqsam.label.server.guards` (request
+  checks before MONAI Label's own endpoint code) and :mod:`pathseqsam.label.server.wsi_route` (its
+  whole-slide routes served off the event loop).
 
-Only those last four import ``monailabel``; the rest runs in the core environment.
+Only those last modules (tasks and server) import ``monailabel`` (the ``label`` extra); the rest
+runs in the core environment.
 """
 
 from __future__ import annotations

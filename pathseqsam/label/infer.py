@@ -18,13 +18,22 @@ threshold 0.5; the file writer is left out). What it adds:
 * requests are held to the typed whitelist of :func:`pathseqsam.label.requests.options.infer_options` (the
   app cleans them before they reach the task; the task's ``config`` and ``/info/``'s
   ``request_options`` advertise the same list) and to a pixel budget read from the image header
-  before anything is decoded (``max_pixels``, HTTP 413 above it).
+  before anything is decoded (``max_pixels``, HTTP 413 above it);
+* the served ``models/model.pt`` is checked against the network before MONAI Label loads it (at
+  start-up, and again whenever the file changes): weights that do not fit (saved without
+  ``model_mpp_um`` by a bundle before 0.5.0, trained at another resolution, missing, unexpected or
+  mis-shaped keys, a missing file) answer HTTP 503 naming the file and what is wrong
+  (:class:`ServedModelUnusable`), instead of MONAI Label's bare 500, until the file is replaced.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,10 +58,94 @@ from pathseqsam.label.requests.prompts import request_prompts
 from pathseqsam.label.requests.region import CropRegiond
 from pathseqsam.label.sequence_io import DEFAULT_MAX_PIXELS, SequenceItemd, mask_suffix, write_mask
 from pathseqsam.label.slides.region import SlideRegiond, is_pyramidal_slide, mask_contours
+from pathseqsam.modeling.checkpoint import load_sam2_checkpoint
+from pathseqsam.modeling.resolution import MODEL_MPP_KEY, model_mpp_um_of
 
-__all__ = ["PathSeqSAMInferTask"]
+__all__ = ["PathSeqSAMInferTask", "ServedModelUnusable", "ServedWeights", "served_weights_problem"]
 
 logger = logging.getLogger(__name__)
+
+
+class ServedModelUnusable(RequestRefused):
+    """The served weights do not fit the bundle's network: HTTP 503 until the file is replaced."""
+
+    status_code = 503
+
+
+def served_weights_problem(network: torch.nn.Module, path: str | os.PathLike) -> str | None:
+    """What keeps the weights file ``path`` from loading into ``network`` strictly; None when it loads.
+
+    The file is read safely (``weights_only``) and loaded into a copy of ``network`` by
+    :func:`pathseqsam.modeling.checkpoint.load_sam2_checkpoint` (which names missing, unexpected and
+    mis-shaped keys); the working resolution the file carries is then compared with the network's.
+
+    Args:
+        network: the bundle's network (the template MONAI Label copies; left untouched).
+        path: the weights file (``models/model.pt``).
+
+    Returns:
+        None, or a message that names the file, what is wrong and what to do.
+    """
+    try:
+        with warnings.catch_warnings():
+            # the loader takes model_mpp_um out before loading the copy, so the network's own load hook
+            # would warn that it is missing; it is compared below instead
+            warnings.filterwarnings("ignore", message=f"the state dict has no '{MODEL_MPP_KEY}'")
+            saved_mpp = load_sam2_checkpoint(copy.deepcopy(network), path, allowed_missing=())
+    except (OSError, ValueError) as exc:  # not found, unreadable, keys or shapes that do not match
+        return f"{exc}; retrain the bundle with its current configs, or serve the configs it was trained with"
+    own_mpp = model_mpp_um_of(network)
+    if own_mpp is None:
+        return None
+    if saved_mpp is None:
+        return (
+            f"{path} has no '{MODEL_MPP_KEY}': it was saved by a bundle before 0.5.0, whose training used the "
+            f"wrong scale, so it cannot be served at this bundle's {own_mpp:g} um/px; retrain it (the bundle's "
+            "training command) or point --conf bundle at a bundle whose models/model.pt was trained by "
+            "bundle 0.5.0 or later"
+        )
+    if abs(saved_mpp - own_mpp) > 1e-3 * own_mpp:  # the tolerance of the network's own load check
+        return (
+            f"{path} was trained at model_mpp_um={saved_mpp:g} um/px but the bundle's network works at "
+            f"{own_mpp:g} um/px; set --conf bundle.model_mpp_um {saved_mpp:g}, or serve weights trained at "
+            f"{own_mpp:g} um/px"
+        )
+    return None
+
+
+class ServedWeights:
+    """The verdict on the served weights file, computed again only when the file changes.
+
+    Shared by the automatic and interactive tasks (one network, one file).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str, int, int] | None = None
+        self._problem: str | None = None
+
+    def problem(self, network: torch.nn.Module, path: str | None, expected: str | os.PathLike) -> str | None:
+        """None when ``path`` loads into ``network``, else what is wrong (see :func:`served_weights_problem`).
+
+        Args:
+            network: the bundle's network.
+            path: the weights file MONAI Label would load (None: it found none).
+            expected: the file's path, named when there is none.
+        """
+        if path is None or not os.path.isfile(path):
+            return (
+                f"{expected} not found: train the bundle (its training command) or point --conf bundle at a "
+                "bundle folder with models/model.pt"
+            )
+        stat = os.stat(path)
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        with self._lock:  # one check per file version, however many requests arrive at once
+            if key != self._key:
+                self._problem = served_weights_problem(network, path)
+                self._key = key
+                if self._problem:
+                    logger.error("PathSeqSAM: the served weights cannot be used: %s", self._problem)
+            return self._problem
 
 
 class PathSeqSAMInferTask(BundleInferTask):
@@ -91,6 +184,7 @@ class PathSeqSAMInferTask(BundleInferTask):
             load_strict=True,
         )
         self.labels = dict(LABELS)
+        self.weights = ServedWeights()
         # the options panel: the whitelist's advertised options (not MONAI Label's model_filename list)
         self._config = {name: o.advertised() for name, o in self.options.items() if o.advertise}
         if self.description:
@@ -111,6 +205,24 @@ class PathSeqSAMInferTask(BundleInferTask):
             status = exc.status_code if isinstance(exc, RequestRefused) else 400
             logger.warning("PathSeqSAM request refused (%d): %s", status, exc)
             raise HTTPException(status_code=status, detail=str(exc)) from exc
+
+    def check_weights(self) -> None:
+        """Refuse to serve weights that do not fit the network (checked again when the file changes).
+
+        Raises:
+            ServedModelUnusable: (503) the message names the file and what is wrong.
+        """
+        expected = Path(self.bundle_path) / "models" / self.const.model_pytorch()
+        problem = self.weights.problem(self.network, self.get_path(), expected)
+        if problem:
+            raise ServedModelUnusable(problem)
+
+    def _get_network(self, device: Any, data: Any) -> Any:
+        # checked here, where every request (automatic, interactive, whole slide) gets the network;
+        # MONAI Label would otherwise fail its strict load with a bare 500, or serve the untrained
+        # network when the file is gone
+        self.check_weights()
+        return super()._get_network(device, data)
 
     def _load_bundle_config(self, path: str, config: str) -> Any:
         parser = super()._load_bundle_config(path, config)

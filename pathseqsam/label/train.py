@@ -10,7 +10,9 @@ and ``network_def`` exist in the config). What it changes:
 * a pyramidal slide's label is an ASAP XML file (what MONAI Label's pathology clients save, polygons
   in level-0 pixels): its annotated region is cut into patches at the bundle's working resolution
   (:mod:`pathseqsam.label.slides.label_patches`, one patch read at a time) that train like 2D patches; a
-  slide is never read whole, nor as a stack;
+  slide is never read whole, nor as a stack. Every slide label is read before a run starts
+  (:meth:`PathSeqSAMTrainTask.check_slide_labels`, called by the app's request check, so ``/train``
+  answers 400 naming the label file and the parse error instead of failing in the background);
 * the datastore's items reach the config parser only as the path of a datalist FILE that the server
   writes (``datalist`` override), never as override values: the parser evaluates strings starting
   with ``$``, ``@`` or ``%``, and file names (case names) are not code. Each item is a sequence item
@@ -46,10 +48,11 @@ except ImportError as exc:  # pragma: no cover - exercised in the core environme
     raise ImportError(INSTALL_HINT) from exc
 
 from pathseqsam.atomic import atomic_write_json
+from pathseqsam.data.errors import SequenceDataError
 from pathseqsam.label.publish import publish_if_improved
 from pathseqsam.label.requests.options import RequestRefused, clean_request, options_schema, train_options
 from pathseqsam.label.sequence_io import sequence_item, sequence_length
-from pathseqsam.label.slides.label_patches import slide_label_patches
+from pathseqsam.label.slides.label_patches import SlideAnnotations, read_asap_annotations, slide_label_patches
 from pathseqsam.label.slides.region import is_pyramidal_slide
 
 __all__ = ["STAGING_DIR", "PathSeqSAMTrainTask", "split_for_validation"]
@@ -148,7 +151,8 @@ class PathSeqSAMTrainTask(BundleTrainTask):
             self._datalist_path = Path(tmp) / "datalist.json"
             try:
                 super().__call__(clean, datastore)
-            except RequestRefused as exc:  # raised while building the datalist (too few labels)
+            except RequestRefused as exc:  # raised while building the datalist (too few or bad labels)
+                logger.warning("PathSeqSAM training refused (%d): %s", exc.status_code, exc)
                 raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
             finally:
                 self._datalist_path = None
@@ -168,20 +172,61 @@ class PathSeqSAMTrainTask(BundleTrainTask):
             if is_pyramidal_slide(d["image"]):
                 out.extend(self._slide_patches(d["image"], d["label"]))
             else:
-                out.append(sequence_item(d["image"], d["label"], z_spacing_um=self.z_spacing_um))
+                try:
+                    out.append(sequence_item(d["image"], d["label"], z_spacing_um=self.z_spacing_um))
+                except SequenceDataError as exc:  # names the file and what was expected
+                    raise RequestRefused(f"a labelled image cannot be used for training: {exc}") from exc
         return out
 
-    def _slide_patches(self, image: str, label: str) -> list[dict[str, Any]]:
-        """A whole slide's region label (ASAP XML) as patches at the working resolution."""
+    def check_slide_labels(self, datastore: Any) -> int:
+        """Read the saved label of every labelled slide of ``datastore``, before a run is started.
+
+        Training runs in a background process after ``/train`` has answered; a label it cannot read
+        would only fail there. The app calls this from its request check instead.
+
+        Args:
+            datastore: MONAI Label datastore (``datalist()``: the labelled images' files).
+
+        Returns:
+            The number of slide labels read.
+
+        Raises:
+            RequestRefused: (400) a slide label that is not a readable ASAP XML file; the message
+                names the label file and the parse error.
+        """
+        n = 0
+        for d in datastore.datalist():
+            if d and is_pyramidal_slide(d["image"]):
+                self._slide_label(d["image"], d["label"])
+                n += 1
+        return n
+
+    @staticmethod
+    def _slide_label(image: str, label: str) -> SlideAnnotations:
+        """A slide's ASAP XML label, read; anything else is refused (400) naming the label file."""
+        name = Path(image).name
         if not str(label).lower().endswith(".xml"):
             raise RequestRefused(
-                f"{label}: the label of slide {Path(image).name} must be an ASAP XML file (polygons in level-0 "
+                f"{label}: the label of slide {name} must be an ASAP XML file (polygons in level-0 "
                 "pixels, as MONAI Label's QuPath and DSA clients save them); a whole slide is never read as "
                 "one image"
             )
+        try:
+            return read_asap_annotations(label)
+        except SequenceDataError as exc:  # names the file and the parse error
+            raise RequestRefused(f"the label of slide {name} cannot be used for training: {exc}") from exc
+        except OSError as exc:
+            raise RequestRefused(f"{label}: the label of slide {name} cannot be read ({exc})") from exc
+
+    def _slide_patches(self, image: str, label: str) -> list[dict[str, Any]]:
+        """A whole slide's region label (ASAP XML) as patches at the working resolution."""
+        self._slide_label(image, label)
         model_mpp_um, image_size = float(self._setting("model_mpp_um")), int(self._setting("image_size"))
         patches = Path(self._datalist_path).parent / "slide_patches" / Path(image).name.split(".")[0]
-        return slide_label_patches(image, label, patches, model_mpp_um, image_size)
+        try:
+            return slide_label_patches(image, label, patches, model_mpp_um, image_size)
+        except SequenceDataError as exc:  # a region outside the slide, too many patches
+            raise RequestRefused(f"slide {Path(image).name} cannot be used for training: {exc}") from exc
 
     def _partition_datalist(
         self, datalist: list[dict[str, Any]], request: Mapping[str, Any], shuffle: bool = False

@@ -118,3 +118,32 @@ def test_bad_labels_are_refused_naming_the_file(slide, tmp_path):
         SequenceDataError, match=r"does not lie inside the slide slideS.tiff \(1536x1536 px\)"
     ):
         slide_label_patches(path, bad, tmp_path / "q", model_mpp_um=2.0, patch_px=64)
+
+
+def test_entity_expansion_bomb_is_refused_naming_the_file(tmp_path):
+    """A DTD is refused before any entity is declared, whatever expat's own amplification limit."""
+    import time
+
+    bomb = tmp_path / "bomb.xml"
+    entities = "".join(
+        f'<!ENTITY lol{i} "{("&lol;" if i == 1 else f"&lol{i - 1};") * 10}">' for i in range(1, 10)
+    )
+    bomb.write_text(
+        f'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">{entities}]>'
+        '<ASAP_Annotations><Annotations><Annotation PartOfGroup="&lol9;"/></Annotations></ASAP_Annotations>'
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(SequenceDataError) as info:
+        read_asap_annotations(bomb)
+    assert time.perf_counter() - t0 < 1.0
+    assert str(info.value) == (
+        f"{bomb}: not an ASAP XML label (document type declaration <!DOCTYPE lolz>: ASAP labels have none, "
+        "and DTDs and entity declarations are not read)"
+    )
+    # the same in UTF-16, where the bytes '<!DOCTYPE' do not appear
+    bomb.write_bytes(bomb.read_text().replace('"1.0"', '"1.0" encoding="UTF-16"').encode("utf-16"))
+    with pytest.raises(SequenceDataError, match=r"<!DOCTYPE lolz>"):
+        read_asap_annotations(bomb)
+    # a plain ASAP label still reads
+    bomb.write_text(asap_xml([("glomerulus", circle(100, 100, 20))]))
+    assert len(read_asap_annotations(bomb).glomeruli) == 1

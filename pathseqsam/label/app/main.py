@@ -25,7 +25,7 @@ Settings (``--conf KEY VALUE``): ``bundle`` (bundle folder, default the reposito
 Requests: only the options of :mod:`pathseqsam.label.requests.options` are accepted (typed, ranged, fixed
 choices; anything else is dropped and logged), only datastore images are read (no uploaded files,
 no sessions, no ``image`` path in ``params``), and malformed ``params`` answer 4xx before MONAI
-Label sees them (:mod:`pathseqsam.label.server.guards`). The server is for a trusted network: see the
+Label sees them (:mod:`pathseqsam.label.server.patches`). The server is for a trusted network: see the
 README (``--host 127.0.0.1``, MONAI Label's authentication). MONAI Label creates ``model/``, ``lib/``,
 ``logs/`` and ``bin/`` in this folder (ignored by git).
 """
@@ -61,9 +61,9 @@ from pathseqsam.label.bundle import (
     resolve_bundle_dir,
     z_spacing_setting,
 )
-from pathseqsam.label.infer import PathSeqSAMInferTask
+from pathseqsam.label.infer import PathSeqSAMInferTask, ServedModelUnusable
 from pathseqsam.label.requests.options import RequestRefused, clean_request, wsi_options
-from pathseqsam.label.server import guards, wsi_route
+from pathseqsam.label.server import patches
 from pathseqsam.label.slides.region import is_pyramidal_slide
 from pathseqsam.label.slides.wsi_job import (
     DEFAULT_MAX_TILES,
@@ -132,8 +132,12 @@ class PathSeqSAMApp(MONAILabelApp):
             version=pathseqsam.__version__,
             labels=dict(LABELS),
         )
-        guards.install()
-        wsi_route.install()
+        # MONAI Label's version checked once, then its endpoints guarded and whole-slide routes replaced
+        patches.install()
+        try:  # at start-up, so the log says it at once; requests answer 503 until the file is replaced
+            self._infers[self.model_name].check_weights()
+        except ServedModelUnusable:
+            pass  # logged by the check
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
@@ -155,6 +159,7 @@ class PathSeqSAMApp(MONAILabelApp):
         interactive = PathSeqSAMInferTask(self.bundle_dir, self.conf, interactive=True, **kwargs)
         # one copy of the weights: the same template network and per-device cache
         interactive.network, interactive._networks = automatic.network, automatic._networks
+        interactive.weights = automatic.weights  # one weights file: one check per version of it
         return {self.model_name: automatic, f"{self.model_name}_interactive": interactive}
 
     def init_trainers(self) -> dict[str, TrainTask]:
@@ -225,13 +230,21 @@ class PathSeqSAMApp(MONAILabelApp):
     def checked_train_params(self, model: str, params: Any) -> dict[str, Any]:
         """A ``/train`` request body reduced to the trainer's whitelisted options.
 
+        Also what the background training process would only find after ``/train`` has answered: the
+        served weights it starts from must fit the network, every slide label must be readable.
+
         Raises:
-            RequestRefused: unknown trainer (404), a body that is not a JSON object, a wrong value.
+            RequestRefused: unknown trainer (404), a body that is not a JSON object, a wrong value,
+                a slide label that is not readable ASAP XML (400, naming the file and the parse
+                error); ServedModelUnusable (503): the served weights do not fit the network.
         """
         task = self._trainers.get(model)
         if task is None:
             raise RequestRefused(f"no trainer {model!r}; this server has {sorted(self._trainers)}", 404)
-        return clean_request({} if params is None else params, task.options, where=f"train {model} request")
+        clean = clean_request({} if params is None else params, task.options, where=f"train {model} request")
+        self._infers[self.model_name].check_weights()
+        task.check_slide_labels(self.datastore())
+        return clean
 
     def info(self) -> dict[str, Any]:
         """MONAI Label's ``/info/`` plus the whole-slide job's progress (``pathseqsam_wsi``)."""

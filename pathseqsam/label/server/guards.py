@@ -4,11 +4,14 @@ MONAI Label 0.8.5 merges a request's ``params`` into the task request as they co
 of a malformed form answers HTTP 500, a JSON list or number makes ``dict.update`` fail (500), a
 ``params`` key ``image`` replaces the datastore image id with any path on the server, and a
 ``/train`` body is handed to a background process before any app code runs (so a wrong value
-can only fail later, after an HTTP 200). :func:`install` wraps the endpoint functions the routes
+can only fail later, after an HTTP 200). :func:`wrap_endpoints` (applied by
+:func:`pathseqsam.label.server.patches.install`, which checks MONAI Label's version) wraps the endpoint functions the routes
 call (``monailabel.endpoints.infer.run_inference``, ``monailabel.endpoints.train.run_model`` and
 ``run``; the routes look them up at call time), so that each request is first checked by the app
 (:meth:`PathSeqSAMApp.checked_infer_params`, :meth:`PathSeqSAMApp.checked_train_params`): a refused
 request answers 4xx naming the field, an accepted one continues with only its whitelisted values.
+The app's checks also answer 503 when the served weights cannot be used, and ``/train`` 400 when a
+slide's saved label cannot be read, before the background process starts.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised in the core environme
 
 from pathseqsam.label.requests.options import RequestRefused
 
-__all__ = ["install"]
+__all__ = ["wrap_endpoints"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +100,14 @@ def _guard_train_all(original: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def install() -> None:
-    """Wrap the endpoint functions once (idempotent; the app may be built more than once per process)."""
+def wrap_endpoints() -> None:
+    """Wrap the endpoint functions once (idempotent; the app may be built more than once per process).
+
+    Called by :func:`pathseqsam.label.server.patches.install` after its version check.
+
+    Raises:
+        RuntimeError: MONAI Label has no such function (the checks would be bypassed: no serving).
+    """
     for module, name, guard in (
         (infer_endpoint, "run_inference", _guard_infer),
         (train_endpoint, "run_model", _guard_train_model),
@@ -107,8 +116,8 @@ def install() -> None:
         current = getattr(module, name, None)
         if current is None:
             raise RuntimeError(
-                f"{module.__name__}.{name} not found: this MONAI Label version is not the one the PathSeqSAM "
-                "request checks were written for (0.8.x); refusing to serve without them"
+                f"{module.__name__}.{name} not found: the PathSeqSAM request checks wrap it; refusing to "
+                "serve without them"
             )
         if not getattr(current, _MARK, False):
             setattr(module, name, guard(current))

@@ -2,7 +2,8 @@
 
 MONAI Label 0.8.5 declares ``POST /infer/wsi_v2/{model}`` (and the deprecated ``/infer/wsi/{model}``)
 as ``async`` functions that call the (synchronous) inference directly, so a whole slide blocks the
-server's event loop: ``/info/`` and every other request wait for it. :func:`install` replaces those two
+server's event loop: ``/info/`` and every other request wait for it. :func:`replace_routes` (applied
+by :func:`pathseqsam.label.server.patches.install`, which checks MONAI Label's version) replaces those two
 routes, same paths, same parameters (``image``, the ``wsi`` form field holding MONAI Label's
 ``WSIInput`` JSON with its ``params``, ``output``) and the same answers, with handlers that
 
@@ -40,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised in the core environme
 
 from pathseqsam.label.requests.options import RequestRefused
 
-__all__ = ["WSIOutput", "install"]
+__all__ = ["WSIOutput", "replace_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,18 +162,25 @@ def _replace(router: Any, handlers: dict[str, Any], prefix: str) -> int:
     return len(old)
 
 
-def install() -> bool:
+def replace_routes(server: Any | None = None) -> bool:
     """Replace MONAI Label's whole-slide routes in the running server (idempotent).
 
+    Called by :func:`pathseqsam.label.server.patches.install` after its version check.
+
+    Args:
+        server: the FastAPI application; None: MONAI Label's (``monailabel.app.app``) if loaded.
+
     Returns:
-        False when no MONAI Label server is loaded in this process (the app used from a script or
-        MONAI Label's command line): nothing to replace.
+        False when there is no server (the app used from a script or MONAI Label's command line):
+        nothing to replace.
 
     Raises:
-        RuntimeError: the server does not have the routes this was written for (MONAI Label 0.8.x).
+        RuntimeError: the server does not have the routes this replaces.
     """
-    server = sys.modules.get("monailabel.app")
-    if server is None or not hasattr(server, "app"):
+    if server is None:
+        loaded = sys.modules.get("monailabel.app")
+        server = getattr(loaded, "app", None)
+    if server is None:
         return False
     from monailabel.endpoints import wsi_infer
 
@@ -180,12 +188,12 @@ def install() -> bool:
     # FastAPI 0.16x keeps included routers as routers (MONAI Label's own ``wsi_infer.router``);
     # older versions copied their routes into the app's list when MONAI Label included them
     found = _replace(wsi_infer.router, handlers, "")
-    found += _replace(server.app.router, handlers, settings.MONAI_LABEL_API_STR)
+    found += _replace(server.router, handlers, settings.MONAI_LABEL_API_STR)
     if found < len(handlers):
         raise RuntimeError(
-            f"MONAI Label's whole-slide routes {sorted(handlers)} not found: this MONAI Label version is not "
-            "the one the PathSeqSAM app was written for (0.8.x)"
+            f"MONAI Label's whole-slide routes {sorted(handlers)} not found in the server: refusing to serve "
+            "whole slides on the event loop"
         )
-    server.app.openapi_schema = None
+    server.openapi_schema = None
     logger.info("PathSeqSAM: whole-slide routes %s run in a worker thread", sorted(handlers))
     return True

@@ -57,6 +57,17 @@ MAX_VERTICES = 1_000_000
 """Vertices one label file may hold in all (a larger file is not an annotation)."""
 
 
+class _DoctypeFound(Exception):
+    """A ``<!DOCTYPE`` in a label (its name is the message)."""
+
+
+class _NoDoctypeBuilder(ET.TreeBuilder):
+    """ElementTree's tree builder, stopping at the start of a document type declaration."""
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise _DoctypeFound(name)
+
+
 @dataclass(frozen=True)
 class SlideAnnotations:
     """The polygons of one slide label, in level-0 pixels.
@@ -87,12 +98,20 @@ def read_asap_annotations(path: str | os.PathLike) -> SlideAnnotations:
         The polygons (level-0 pixels).
 
     Raises:
-        SequenceDataError: not XML, no glomerulus nor region polygon, a coordinate that is not a
-            finite number, or more than :data:`MAX_VERTICES` vertices (the message names the file).
+        SequenceDataError: not XML, a document type declaration (DTD), no glomerulus nor region
+            polygon, a coordinate that is not a finite number, or more than :data:`MAX_VERTICES`
+            vertices (the message names the file and the parse error).
     """
     path = Path(path)
     try:
-        root = ET.parse(path).getroot()  # expat: no external entities, bounded entity expansion
+        # expat reads no external entities; a DTD is refused outright (ASAP labels have none, and its
+        # entity declarations are what an expansion bomb is built from, whatever expat's own limits)
+        root = ET.parse(path, parser=ET.XMLParser(target=_NoDoctypeBuilder())).getroot()
+    except _DoctypeFound as exc:
+        raise SequenceDataError(
+            f"{path}: not an ASAP XML label (document type declaration <!DOCTYPE {exc}>: ASAP labels have "
+            "none, and DTDs and entity declarations are not read)"
+        ) from exc
     except ET.ParseError as exc:
         raise SequenceDataError(f"{path}: not an ASAP XML label ({exc})") from exc
     glomeruli, regions, ignored, vertices = [], [], set(), 0
