@@ -17,6 +17,11 @@ tags), else from the caller's ``mpp_um``; without either the slide is refused.
 :meth:`Slide.read_scaled` is the one read the pipeline needs: a level-0 rectangle resampled to a
 given output size, read from the coarsest level that is still at least as fine as the output
 (so a 2 um/px model reads a 0.25 um/px slide from its 4x or 8x level, not from level 0).
+
+Memory does not grow with the slide: OpenSlide is asked for at most ``1024 x 1024`` pixels at a
+time, and a region of more than ``4096 x 4096`` level pixels is read and resampled in pieces of about
+``2048 x 2048`` (with a margin as wide as the resampling filter, so the pieces cover the same input
+pixels one resize would; they differ from it by rounding only: at most 2 grey levels measured).
 """
 
 from __future__ import annotations
@@ -45,6 +50,14 @@ __all__ = [
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2")
 _MPP_TOLERANCE = 1e-3  # a level whose mpp is within 0.1 % of the target counts as fine enough
+# OpenSlide is asked for at most this many pixels per side: one call costs about 16 bytes per pixel
+# (its ARGB buffer, PIL's RGBA image and its copy, MONAI's array), so a large region would cost GiBs
+_READ_SIDE = 1024
+# a region of up to this many level pixels is resized in one PIL call (about 7 bytes per pixel: the
+# uint8 region and PIL's copy), which keeps the pixels earlier versions gave; a larger one (a slide
+# without levels near the output's resolution) is read and resized in pieces of _PIECE_SIDE
+_ONE_RESIZE_PX = 4096 * 4096
+_PIECE_SIDE = 2048
 
 
 class SlideError(SequenceDataError):
@@ -138,15 +151,47 @@ class Slide:
         lx0, ly0, lx1, ly1 = x0 / ds, y0 / ds, (x0 + width0) / ds, (y0 + height0) / ds
         ix0, iy0 = math.floor(lx0), math.floor(ly0)
         ix1, iy1 = max(math.ceil(lx1), ix0 + 1), max(math.ceil(ly1), iy0 + 1)
-        region = self.read_level_region(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
-        if (ix1 - ix0, iy1 - iy0) == (out_width, out_height) and (lx0, ly0) == (ix0, iy0):
-            return region
+        rw, rh = ix1 - ix0, iy1 - iy0
+        if (rw, rh) == (out_width, out_height) and (lx0, ly0) == (ix0, iy0):
+            return self.read_level_region(level, ix0, iy0, rw, rh)
         box = (lx0 - ix0, ly0 - iy0, lx1 - ix0, ly1 - iy0)
-        img = Image.fromarray(region).resize((out_width, out_height), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(img)
+        if rw * rh <= _ONE_RESIZE_PX:
+            return _resize(self.read_level_region(level, ix0, iy0, rw, rh), box, out_width, out_height)
+        # a large region: read and resample it piece by piece; each piece holds every level pixel
+        # PIL's filter gives weight to for its output pixels, clipped to the region as one read
+        # would clip it, so there are no seams; the pixels differ from one resize of the whole
+        # region by rounding only (PIL takes the box in float32, and may pick the order of its two
+        # passes by the image's shape): at most 2 grey levels measured
+        piece_w, piece_h = self._piece_shape(level)
+        out = np.empty((out_height, out_width, 3), dtype=np.uint8)
+        rows = _filter_spans(box[1], box[3], out_height, rh, piece_h)
+        cols = _filter_spans(box[0], box[2], out_width, rw, piece_w)
+        sx, sy = (box[2] - box[0]) / out_width, (box[3] - box[1]) / out_height
+        for oy0, oy1, ry0, ry1 in rows:
+            for ox0, ox1, rx0, rx1 in cols:
+                piece = self.read_level_region(level, ix0 + rx0, iy0 + ry0, rx1 - rx0, ry1 - ry0)
+                # the outer edges are the region's own (not recomputed): the box never leaves the piece
+                pbox = (
+                    (box[0] if ox0 == 0 else box[0] + ox0 * sx) - rx0,
+                    (box[1] if oy0 == 0 else box[1] + oy0 * sy) - ry0,
+                    (box[2] if ox1 == out_width else box[0] + ox1 * sx) - rx0,
+                    (box[3] if oy1 == out_height else box[1] + oy1 * sy) - ry0,
+                )
+                out[oy0:oy1, ox0:ox1] = _resize(piece, pbox, ox1 - ox0, oy1 - oy0)
+                del piece  # before the next piece is read: one piece in memory at a time
+        return out
+
+    def _piece_shape(self, level: int) -> tuple[int, int]:
+        """Width and height, in pixels of ``level``, of the pieces a large region is read in."""
+        return _PIECE_SIDE, _PIECE_SIDE
 
     def read_overview(self, mpp_um: float, block: int = 1024) -> np.ndarray:
         """The whole slide at ``mpp_um`` (coarse: for tissue masks and thumbnails), read in blocks.
+
+        Each block is one :meth:`read_scaled`, which reads a large region in pieces of level
+        pixels: the memory a block needs does not grow with the slide or with the distance between
+        ``mpp_um`` and the slide's coarsest level. ``block`` counts output pixels so that overviews
+        keep the pixels earlier versions gave (a block's edges clip the filter).
 
         Args:
             mpp_um: output resolution; the output is ``ceil(size * mpp / mpp_um)`` pixels per axis.
@@ -191,6 +236,73 @@ def _clip_region(
     return None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
 
 
+def _resize(
+    region: np.ndarray, box: tuple[float, float, float, float], width: int, height: int
+) -> np.ndarray:
+    """PIL's bilinear resize (antialiased when shrinking) of ``box`` of ``region`` to ``height x width``."""
+    img = Image.fromarray(region).resize((width, height), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(img)
+
+
+def _filter_spans(
+    in0: float, in1: float, out_size: int, in_size: int, side: int
+) -> list[tuple[int, int, int, int]]:
+    """Split one axis of a resize into pieces of at most about ``side`` input pixels.
+
+    The input pixels an output pixel's bilinear filter covers are computed as Pillow's
+    ``precompute_coeffs`` does (centre ``in0 + (i + 0.5) * scale``, support ``max(scale, 1)``,
+    clipped to ``[0, in_size)``), plus one pixel either side against rounding.
+
+    Args:
+        in0: start of the resized box on this axis, in input pixels.
+        in1: end of the box.
+        out_size: output pixels on this axis.
+        in_size: input pixels on this axis (the whole region).
+        side: the most input pixels a piece should hold (a piece holds at least one output
+            pixel's filter, whatever ``side``).
+
+    Returns:
+        ``(out_start, out_stop, in_start, in_stop)`` per piece, covering ``[0, out_size)``.
+    """
+    scale = (in1 - in0) / out_size
+    support = max(scale, 1.0)
+    centre = in0 + (np.arange(out_size) + 0.5) * scale
+    lo = np.clip((centre - support + 0.5).astype(np.int64) - 1, 0, in_size)  # int() truncates, as C
+    hi = np.clip((centre + support + 0.5).astype(np.int64) + 1, 0, in_size)
+    spans, o0 = [], 0
+    while o0 < out_size:
+        o1 = max(o0 + 1, int(np.searchsorted(hi, lo[o0] + side, side="right")))
+        o1 = min(o1, out_size)
+        spans.append((o0, o1, int(lo[o0]), int(hi[o1 - 1])))
+        o0 = o1
+    return spans
+
+
+def _opaque_over_white() -> np.ndarray:
+    """``table[alpha, value]``: a channel value with its alpha composited over white, as uint8.
+
+    Built with the float32 arithmetic earlier versions applied to every pixel (value plus
+    ``255 * (1 - alpha / 255)``, clipped, truncated), so integer lookups give the same bytes.
+    """
+    value = np.arange(256, dtype=np.float32)[None, :]
+    alpha = np.arange(256, dtype=np.float32)[:, None] / 255.0
+    return np.clip(value + 255.0 * (1.0 - alpha), 0, 255).astype(np.uint8)
+
+
+_OVER_WHITE = _opaque_over_white()
+
+
+def _composite_over_white(rgba: np.ndarray, out: np.ndarray) -> None:
+    """Write ``rgba`` (``uint8 [h, w, 4]``, OpenSlide's alpha) over a white background into ``out``."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:  # the common case, a fully opaque region: nothing to composite
+        out[...] = rgba[..., :3]
+        return
+    index = alpha.astype(np.intp) << 8
+    for c in range(3):
+        out[..., c] = _OVER_WHITE.ravel()[index + rgba[..., c]]
+
+
 class WSIReaderSlide(Slide):
     """A slide read with MONAI's ``WSIReader(backend="openslide")``."""
 
@@ -220,23 +332,26 @@ class WSIReaderSlide(Slide):
             return out
         x0, y0, x1, y1 = clip
         ds = lev.downsample
-        # MONAI's get_data takes the location in level-0 pixels (row, col) and the size at the level
-        try:
-            patch, _ = self._reader.get_data(
-                self._wsi,
-                location=(round(y0 * ds), round(x0 * ds)),
-                size=(y1 - y0, x1 - x0),
-                level=level,
-                mode="RGBA",
-            )
-        except Exception as exc:  # OpenSlideError on a corrupt tile (the handle is then unusable)
-            raise SlideError(
-                f"{self.path}: region ({x0}, {y0}) {x1 - x0}x{y1 - y0} of level {level} cannot be read ({exc})"
-            ) from exc
-        rgba = np.moveaxis(np.asarray(patch), 0, -1)  # MONAI returns channel first
-        rgb, alpha = rgba[..., :3].astype(np.float32), rgba[..., 3:].astype(np.float32) / 255.0
-        # OpenSlide returns premultiplied alpha: transparent (no tile) parts become white background
-        out[y0 - y : y1 - y, x0 - x : x1 - x] = np.clip(rgb + 255.0 * (1.0 - alpha), 0, 255).astype(np.uint8)
+        for py in range(y0, y1, _READ_SIDE):  # bounded OpenSlide calls (see _READ_SIDE)
+            for px in range(x0, x1, _READ_SIDE):
+                ph, pw = min(_READ_SIDE, y1 - py), min(_READ_SIDE, x1 - px)
+                # MONAI's get_data takes the location in level-0 pixels (row, col) and the size at the level
+                try:
+                    patch, _ = self._reader.get_data(
+                        self._wsi,
+                        location=(round(py * ds), round(px * ds)),
+                        size=(ph, pw),
+                        level=level,
+                        mode="RGBA",
+                    )
+                except Exception as exc:  # OpenSlideError on a corrupt tile (the handle is then unusable)
+                    raise SlideError(
+                        f"{self.path}: region ({x0}, {y0}) {x1 - x0}x{y1 - y0} of level {level} cannot be "
+                        f"read ({exc})"
+                    ) from exc
+                rgba = np.moveaxis(np.asarray(patch), 0, -1)  # MONAI returns channel first
+                # transparent (no tile) parts become white background
+                _composite_over_white(rgba, out[py - y : py - y + ph, px - x : px - x + pw])
         return out
 
     def close(self) -> None:
@@ -289,6 +404,14 @@ class TiffSegmentSlide(Slide):
                 ay1, ax1 = min(y1, sy0 + seg.shape[0]), min(x1, sx0 + seg.shape[1])
                 out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = seg[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
         return out
+
+    def _piece_shape(self, level: int) -> tuple[int, int]:
+        page, lev = self._pages[level], self.levels[level]
+        if page.chunks[1] < lev.width:  # tiles, or strips narrower than the page: square pieces
+            return _PIECE_SIDE, _PIECE_SIDE
+        # strips span the page's width: square pieces would decode every strip once per column of
+        # pieces, so pieces are bands of whole rows (about 16 M pixels, or one strip if taller)
+        return lev.width, max(page.chunks[0], _ONE_RESIZE_PX // lev.width)
 
     def _decode(self, page, index: int) -> np.ndarray:
         offset, count = page.dataoffsets[index], page.databytecounts[index]
