@@ -73,8 +73,9 @@ DAMAGED_FRACTION = 0.3
 SHIFT_SIGMA_UM = 30.0
 ROTATION_SIGMA_DEG = 10.0
 POSE_CUT_SIGMAS = 3.0
-# Glomeruli per mm^3 of the study's blocks: with a 512 um field about two thirds of the sections cut one.
-GLOMERULI_PER_MM3 = 60.0
+# Glomeruli per mm^3 of the study's blocks (denser than cortex, as the original generator is): with the
+# study's 256 um field a bit over half of the sections cut one (tests/synthetic/test_dials.py).
+GLOMERULI_PER_MM3 = 150.0
 
 # one SeedSequence child per random quantity of a case: spawn_key = (case, STREAMS[name], ...)
 STREAMS = {

@@ -10,17 +10,32 @@ that the seeds actually used fall inside them):
 * :data:`EVAL_SEEDS`: the comparison's fresh evaluation cases (the training seed plus
   :data:`EVAL_SEED_OFFSET`, :func:`pathseqsam.compare.evalset.make_eval_set`);
 * :data:`PRETRAIN_SEEDS`: SAM2's pretraining blocks (``scripts/pretrain_tiny_sam2.py``): run seed
-  ``s`` draws its tissue from root seed ``PRETRAIN_SEEDS[s]``.
+  ``s`` draws its tissue from root seed ``PRETRAIN_SEEDS[s]``;
+* :data:`STUDY_TRAIN_SEEDS`: the mechanisms study's training sets (training seed ``s`` trains on
+  the 24 cases of root seed ``STUDY_TRAIN_SEEDS[s]``, :mod:`pathseqsam.compare.study`);
+* :data:`STUDY_TEST_SEEDS`: the mechanisms study's test sets (``STUDY_TEST_SEEDS[0]`` for the grid,
+  ``[1]`` for its smoke grid): one seed for every test setting, so case ``k`` of one setting
+  differs from case ``k`` of another only in what the dials change.
 """
 
 from __future__ import annotations
 
-__all__ = ["EVAL_SEEDS", "EVAL_SEED_OFFSET", "PRETRAIN_SEEDS", "TASK_SEEDS", "pretrain_data_seed"]
+__all__ = [
+    "EVAL_SEEDS",
+    "EVAL_SEED_OFFSET",
+    "PRETRAIN_SEEDS",
+    "STUDY_TEST_SEEDS",
+    "STUDY_TRAIN_SEEDS",
+    "TASK_SEEDS",
+    "pretrain_data_seed",
+]
 
 TASK_SEEDS = range(0, 1_000)
 EVAL_SEED_OFFSET = 1_000
 EVAL_SEEDS = range(TASK_SEEDS.start + EVAL_SEED_OFFSET, TASK_SEEDS.stop + EVAL_SEED_OFFSET)
 PRETRAIN_SEEDS = range(1_000_000, 1_100_000)
+STUDY_TRAIN_SEEDS = range(2_000_000, 2_001_000)
+STUDY_TEST_SEEDS = range(2_001_000, 2_002_000)
 
 
 def pretrain_data_seed(run_seed: int) -> int:

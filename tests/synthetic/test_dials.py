@@ -136,11 +136,11 @@ def test_spacing_gaps_span_3_to_50_um_sub_pixel_with_lost_runs():
 def _cut_fraction(spacing: str, pose: str, cases: int = 300) -> float:
     """Share of sections whose field cuts a glomerulus, from the geometry alone (not the renderer):
     glomeruli placed as the study's blocks place them, field points moved by the section's pose."""
-    mpp, size = 8.0, 64
+    mpp, size = 4.0, 64  # the study's 256 um field
     field_um = size * mpp
     margin_px = math.ceil(canvas_margin_um(field_um) / mpp) + 2
     canvas = (size + 2 * margin_px) * mpp
-    u = (np.arange(0, size, 8) + 0.5) * mpp - field_um / 2  # field points around its centre, um
+    u = (np.arange(0, size, 4) + 0.5) * mpp - field_um / 2  # field points around its centre, um
     gx, gy = np.meshgrid(u, u)
     hits = total = 0
     for k in range(cases):
@@ -166,7 +166,7 @@ def _cut_fraction(spacing: str, pose: str, cases: int = 300) -> float:
 def test_glomerulus_density_keeps_the_share_of_sections_with_one():
     shares = {(s, p): _cut_fraction(s, p) for s in ("constant", "variable") for p in ("registered", "pose")}
     ref = shares[("constant", "registered")]
-    assert 0.3 < ref < 0.95
+    assert 0.4 < ref < 0.8, shares
     for share in shares.values():
         assert abs(share - ref) <= 0.05, shares
 

@@ -17,12 +17,20 @@ from pathseqsam.synthetic.seeds import (
     EVAL_SEED_OFFSET,
     EVAL_SEEDS,
     PRETRAIN_SEEDS,
+    STUDY_TEST_SEEDS,
+    STUDY_TRAIN_SEEDS,
     TASK_SEEDS,
     pretrain_data_seed,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-RANGES = {"task": TASK_SEEDS, "eval": EVAL_SEEDS, "pretrain": PRETRAIN_SEEDS}
+RANGES = {
+    "task": TASK_SEEDS,
+    "eval": EVAL_SEEDS,
+    "pretrain": PRETRAIN_SEEDS,
+    "study_train": STUDY_TRAIN_SEEDS,
+    "study_test": STUDY_TEST_SEEDS,
+}
 
 
 @pytest.mark.parametrize("a, b", list(itertools.combinations(RANGES, 2)))
