@@ -3,10 +3,11 @@
 The server (the launcher of ``test_server.py``, on 127.0.0.1) starts on a bundle whose
 ``models/model.pt`` was saved without ``model_mpp_um`` (as bundles before 0.5.0 saved it): every
 ``/infer`` (automatic, interactive, whole slide) and ``/train`` must answer 503 naming the file and
-what is wrong, as must weights trained at another resolution; once good weights replace the file the
-same server answers 200 (the check runs again when the file changes). Its datastore holds a
-pyramidal slide whose saved label is an XML entity-expansion bomb, then a truncated XML file:
-``/train`` must answer 400 naming the label file and the parse error, and start no training.
+what is wrong, as must weights trained at another resolution and a removed file (MONAI Label alone
+would serve the untrained network); once good weights replace the file the same server answers 200
+(the check runs again when the file changes). Its datastore holds a pyramidal slide whose saved
+label is an XML entity-expansion bomb, then a truncated XML file: ``/train`` must answer 400 naming
+the label file and the parse error, and start no training.
 """
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ def test_weights_of_another_resolution_answer_503_then_good_weights_serve(stale_
     assert _detail(srv.post("/infer/pathseqsam", image="patchE", output="json"), 503) == (
         f"{served} was trained at model_mpp_um=0.5 um/px but the bundle's network works at 2 um/px; set "
         "--conf bundle.model_mpp_um 0.5, or serve weights trained at 2 um/px"
+    )
+    served.unlink()  # MONAI Label alone would serve the untrained network then
+    assert _detail(srv.post("/infer/pathseqsam", image="patchE", output="json"), 503) == (
+        f"{served} not found: train the bundle (its training command) or point --conf bundle at a bundle "
+        "folder with models/model.pt"
     )
     # the file is checked again when it changes: the same server serves good weights at once
     _save_weights(srv.bundle)
