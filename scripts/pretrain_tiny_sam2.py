@@ -18,7 +18,7 @@ every ``--save-every`` iterations (run the same command again to resume), and at
 * with ``--install PATH``: the checkpoint copied to PATH and its record to ``PATH`` with ``.json``.
 
 The defaults are the run whose checkpoint fine-tunes best so far (run G; not shipped: below the demo's
-floor), though its memory path is not learned (bundle/docs/README.md, "Pretraining the tiny SAM2")::
+floor), though its memory path is not learned (docs/experiments/2026-12-01-pretraining.md)::
 
     python scripts/pretrain_tiny_sam2.py --out outputs/pretrain
 """

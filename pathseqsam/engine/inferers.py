@@ -23,7 +23,7 @@ class SequenceEnsembleInferer(Inferer):
     transformed back, the sigmoid probabilities of all passes are averaged and returned as logits,
     so the usual sigmoid + 0.5 threshold post-processing applies unchanged. Costs
     ``2^len(mirror_axes)`` passes, twice that when ``bidirectional``. Measured on the synthetic
-    comparison set (``bundle/docs/README.md``): the mirrors gained about 1 Dice point, the backward
+    comparison set (``docs/experiments/2026-12-01-comparison.md``): the mirrors gained about 1 Dice point, the backward
     pass about 0.2, so it is off by default.
 
     Args:

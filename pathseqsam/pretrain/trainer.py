@@ -65,7 +65,7 @@ class PretrainConfig:
     """Settings of a pretraining run (all of them enter the run's identity: a saved state is resumed
     only by the same settings). The defaults are the run whose checkpoint fine-tunes best so far
     (``scripts/pretrain_tiny_sam2.py`` reads them from here); the memory path does not learn with
-    them (bundle/docs/README.md, "Pretraining the tiny SAM2").
+    them (docs/experiments/2026-12-01-pretraining.md).
 
     Attributes:
         iterations: optimiser steps (the run's length; fixed, not a time budget).
