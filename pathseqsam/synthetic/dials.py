@@ -74,7 +74,7 @@ SHIFT_SIGMA_UM = 30.0
 ROTATION_SIGMA_DEG = 10.0
 POSE_CUT_SIGMAS = 3.0
 # Glomeruli per mm^3 of the study's blocks (denser than cortex, as the original generator is): with the
-# study's 256 um field a bit over half of the sections cut one (tests/synthetic/test_dials.py).
+# study's 256 um field about 0.7 of the sections cut one at every setting (tests/synthetic/test_dials.py).
 GLOMERULI_PER_MM3 = 150.0
 
 # one SeedSequence child per random quantity of a case: spawn_key = (case, STREAMS[name], ...)

@@ -1,0 +1,94 @@
+"""``scripts/study_mechanisms.py``: run, resume or price the mechanisms study's grid.
+
+Examples::
+
+    python scripts/study_mechanisms.py --estimate-only            # measure and print the grid's cost
+    python scripts/study_mechanisms.py --max-cells 4              # compute 4 more cells, then stop
+    python scripts/study_mechanisms.py                            # run (or resume) the whole grid
+    python scripts/study_mechanisms.py --smoke --out /tmp/smoke   # the tiny grid CI runs
+
+The grid is :data:`pathseqsam.compare.study.GRID` (the protocol in
+``docs/experiments/mechanisms/protocol.md``); its rows go to
+``docs/experiments/mechanisms/cells.csv.gz``. A rerun skips finished cells and refuses cells made by
+other model or training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pathseqsam.compare.cells import CellMismatchError
+from pathseqsam.compare.study import GRID, SMOKE, run_study
+
+__all__ = ["DEFAULT_CSV", "DEFAULT_OUT", "main"]
+
+DEFAULT_OUT = Path("outputs/study_mechanisms")
+DEFAULT_CSV = Path("docs/experiments/mechanisms/cells.csv.gz")
+
+
+def _configs(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    for candidate in (Path("bundle/configs"), Path(__file__).resolve().parents[2] / "bundle" / "configs"):
+        if (candidate / "train.json").is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        "bundle/configs/train.json not found: run from the repository root or pass --configs"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring).
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        Exit status (2: bad settings or cells from other code).
+    """
+    p = argparse.ArgumentParser(
+        prog="study_mechanisms.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--smoke", action="store_true", help="the tiny grid (two arms, two seeds, one epoch)")
+    p.add_argument(
+        "--out", type=Path, default=None, help=f"study folder (default {DEFAULT_OUT}; smoke: required)"
+    )
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help=f"gathered rows (default {DEFAULT_CSV}; smoke: <out>/cells.csv.gz)",
+    )
+    p.add_argument(
+        "--configs", type=Path, default=None, help="bundle configs folder (default bundle/configs)"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the config's)")
+    p.add_argument(
+        "--max-cells", type=int, default=None, help="compute at most this many new cells, then stop"
+    )
+    p.add_argument("--estimate-only", action="store_true", help="measure and print the cost, then stop")
+    p.add_argument("--no-estimate", action="store_true", help="skip the cost measurement")
+    args = p.parse_args(argv)
+    settings = SMOKE if args.smoke else GRID
+    if args.smoke and args.out is None:
+        p.error("--smoke needs --out (the smoke grid never writes into the study's own folders)")
+    out = args.out or DEFAULT_OUT
+    csv = args.csv or (out / "cells.csv.gz" if args.smoke else DEFAULT_CSV)
+    try:
+        run_study(
+            settings,
+            out,
+            _configs(args.configs),
+            csv,
+            device=args.device,
+            max_cells=args.max_cells,
+            estimate=not args.no_estimate,
+            estimate_only=args.estimate_only,
+        )
+    except (CellMismatchError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

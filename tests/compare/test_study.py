@@ -1,0 +1,110 @@
+"""The mechanisms study's harness: the smoke grid runs, a partial grid resumes without recomputing
+finished cells, cells from other code are refused, and the per-slice score follows the empty-truth
+rule. CI tests the harness, never the figures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from pathseqsam.compare.cells import CELL_COLUMNS, cell_path, read_cell, read_cells_csv, write_cell
+from pathseqsam.compare.study import CONTROL_ARM, SMOKE, empty_rule_dice
+from pathseqsam.compare.study_cli import main
+
+
+def test_empty_rule_dice_by_hand():
+    truth = np.zeros((4, 4), bool)
+    truth[:2, :2] = True  # 4 pixels
+    pred = np.zeros((4, 4), bool)
+    pred[:2, :3] = True  # 6 pixels, 4 shared
+    assert empty_rule_dice(pred, truth) == pytest.approx(2 * 4 / 10)
+    assert empty_rule_dice(np.zeros((4, 4)), truth) == 0.0
+    assert empty_rule_dice(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0  # empty truth, empty prediction
+    assert empty_rule_dice(pred, np.zeros((4, 4))) == 0.0  # empty truth, something predicted
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke grid interrupted after its first cell (a partial grid), then rerun to the end."""
+    out = tmp_path_factory.mktemp("study") / "smoke"
+    assert main(["--smoke", "--out", str(out), "--no-estimate", "--max-cells", "1"]) == 0
+    first = cell_path(out, *SMOKE.cells()[0])
+    assert first.is_file() and len(list((out / "cells").glob("*.json.gz"))) == 1
+    stamp, content = first.stat().st_mtime_ns, first.read_bytes()
+    assert main(["--smoke", "--out", str(out), "--no-estimate"]) == 0
+    return out, first, stamp, content
+
+
+def test_partial_grid_resumes_without_recomputing(smoke, capsys):
+    out, first, stamp, content = smoke
+    assert first.stat().st_mtime_ns == stamp and first.read_bytes() == content  # not recomputed
+    assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(
+        f"{arm}__seed{seed}.json.gz" for arm, seed in SMOKE.cells()
+    )
+    # a third run has nothing left to do: every cell is skipped, none rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    assert main(["--smoke", "--out", str(out), "--no-estimate"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
+    assert capsys.readouterr().out.count("finished earlier, skipped") == len(SMOKE.cells())
+
+
+def test_cells_and_csv_hold_every_slice_once(smoke):
+    out = smoke[0]
+    rows = read_cells_csv(out / "cells.csv.gz")
+    with gzip.open(out / "cells.csv.gz", "rt") as f:
+        assert f.readline().strip().split(",") == list(CELL_COLUMNS)
+    arms = sorted({*SMOKE.arms, CONTROL_ARM})
+    assert sorted({r["arm"] for r in rows}) == arms
+    slices_per_set = SMOKE.test_cases * SMOKE.sections
+    for arm in arms:
+        for seed in SMOKE.seeds:
+            for dial in SMOKE.test_sets:
+                keys = [
+                    (r["case"], r["slice"])
+                    for r in rows
+                    if (r["arm"], r["seed"], r["dial"]) == (arm, seed, dial)
+                ]
+                assert len(keys) == len(set(keys)) == slices_per_set
+    for r in rows:  # the empty-truth rule, and Dice within [0, 1]
+        assert 0.0 <= r["dice"] <= 1.0
+        if r["truth_empty"]:
+            assert r["dice"] == (1.0 if r["pred_empty"] else 0.0)
+        assert (r["damage_kind"] == "none") == (r["degraded"] == 0)
+    # the flags and damage kinds are the test set's own, from its synthetic_meta.json
+    meta = json.loads((out / "data" / "test_all" / "synthetic_meta.json").read_text())
+    truth = {
+        (c["case"], i): "+".join(d["kinds"]) or "none"
+        for c in meta["case_meta"]
+        for i, d in enumerate(c["damage"])
+    }
+    for r in rows:
+        if r["dial"] == "all":
+            assert r["damage_kind"] == truth[(r["case"], r["slice"])]
+    # the control sees the same slices with permuted positions
+    own = {
+        (r["seed"], r["dial"], r["case"], r["slice"]): r["position_um"]
+        for r in rows
+        if r["arm"] == "pathseqsam"
+    }
+    shuffled = {
+        (r["seed"], r["dial"], r["case"], r["slice"]): r["position_um"]
+        for r in rows
+        if r["arm"] == CONTROL_ARM
+    }
+    assert own.keys() == shuffled.keys() and own != shuffled
+
+
+def test_records_name_the_code_and_a_resume_refuses_other_code(smoke, capsys):
+    out, first = smoke[0], smoke[1]
+    record, rows = read_cell(first)
+    assert len(record["code_sha256"]) == 64 and record["commit"]
+    assert record["iterations"] == SMOKE.epochs * SMOKE.iterations_per_epoch
+    assert record["train_seconds"] > 0 and record["eval_seconds"] > 0
+    write_cell(first, {**record, "code_sha256": "0" * 64}, rows)
+    assert main(["--smoke", "--out", str(out), "--no-estimate"]) == 2
+    err = capsys.readouterr().err
+    assert str(first) in err and "never mixes cells from different model/training code" in err
+    write_cell(first, record, rows)  # put it back for the other tests
