@@ -247,7 +247,7 @@ def _bundle_run(out: Path, bundle: Path, slide: Path, threads: int) -> dict:
         str(bundle / "configs/logging.conf"),
     ]
     cmd += ["--bundle_root", str(bundle), "--slides", str(slide), "--output_dir", str(target)]
-    cmd += ["--device", "$torch.device('cpu')", "--overwrite", "true"]
+    cmd += ["--device", "$torch.device('cpu')", "--slide_settings#overwrite", "true"]
     t0 = time.perf_counter()
     with open(out / "bundle.log", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=out, env=_env(threads), stdout=log, stderr=subprocess.STDOUT)

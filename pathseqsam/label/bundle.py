@@ -6,7 +6,11 @@ definition). Server-level settings come from ``monailabel start_server --conf KE
 * ``bundle``: the bundle folder (``configs/``, ``models/``); default: ``bundle/`` of this repository;
 * ``bundle.<id>``: override config item ``<id>`` in both configs, the value parsed as JSON (so
   ``--conf bundle.image_size 512`` gives the integer 512; a value that is not JSON stays a string);
-  ids use MONAI's ``#`` separator, e.g. ``bundle.train#windows_per_case``;
+  ids use MONAI's ``#`` separator, e.g. ``bundle.train#windows_per_case``; whole slides
+  (``/infer/wsi_v2``) take ``bundle.slide_settings#<field>``, a field of
+  :class:`~pathseqsam.wsi.segment.SlideInferenceSettings` (the ``slide_settings`` node of
+  ``configs/inference_wsi.json``), checked against the field's type and never handed to the config
+  parser (:func:`pathseqsam.label.slides.wsi_job.wsi_settings`);
 * ``z_spacing_um``: slice spacing for stacks without spacing metadata (default: the bundle's
   ``distance_unit_um``, i.e. consecutive slices one distance unit apart);
 * ``max_megapixels``: pixels one inference request may decode (slices x height x width, read from
@@ -14,7 +18,8 @@ definition). Server-level settings come from ``monailabel start_server --conf KE
 * ``max_wsi_tiles``: tissue tiles one whole-slide request (``/infer/wsi_v2/{model}``) may need
   (counted on the tissue mask before any tile is read; default 20,000); more is refused with 413.
 * ``mpp_um``: pixel size (um per pixel) of images whose files carry none (PNG, JPEG): the bundle's
-  ``mpp_um`` setting, so its preprocessing resamples them to ``model_mpp_um``.
+  ``mpp_um`` setting, so its preprocessing resamples them to ``model_mpp_um``; also the slides'
+  ``slide_settings#mpp_um`` unless that is given.
 """
 
 from __future__ import annotations

@@ -7,13 +7,22 @@ geometry, in the KPIs Task 2 layout (``Task2_WSI_level/<class>/<id>_wsi.tiff`` +
 
 :func:`write_synthetic_slide` also writes an Aperio-layout ``.svs`` (JPEG tiles, an Aperio
 ``ImageDescription`` with ``MPP``) that OpenSlide's Aperio driver opens.
+
+The bundle's demo slides (``<bundle_root>/data/synthetic_wsi``) are written by a command, never by
+an inference or evaluation job (:func:`require_synthetic_task2` says which)::
+
+    python -m pathseqsam.synthetic slides --out bundle/data/synthetic_wsi
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
-from collections.abc import Iterator
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +34,11 @@ __all__ = [
     "SYNTHETIC_SLIDES_META",
     "SYNTHETIC_SLIDE_CLASS",
     "SyntheticSlideScene",
+    "demo_slides_command",
     "ensure_synthetic_task2",
+    "main",
     "make_slide_scene",
+    "require_synthetic_task2",
     "write_synthetic_slide",
     "write_synthetic_task2",
 ]
@@ -329,3 +341,72 @@ def ensure_synthetic_task2(
         marker, {"n_slides": n_slides, "size_px": size_px, "mpp_um": mpp_um, "seed": seed, "pairs": pairs}
     )
     return str(root)
+
+
+def demo_slides_command(root: str | os.PathLike) -> str:
+    """The one shell command that writes :func:`ensure_synthetic_task2`'s demo slides into ``root``."""
+    return "python -m pathseqsam.synthetic slides " + shlex.join(["--out", str(root)])
+
+
+def require_synthetic_task2(root: str | os.PathLike) -> str:
+    """``root`` if it holds the demo slides (:func:`ensure_synthetic_task2`'s marker); else an error.
+
+    The whole-slide inference and evaluation jobs call this when left at their default input, the
+    bundle's demo folder: they never write data themselves, so a missing demo set stops them with the
+    command that makes it.
+
+    Args:
+        root: the demo folder (KPIs Task 2 layout below it).
+
+    Returns:
+        ``root`` as a string.
+
+    Raises:
+        FileNotFoundError: no demo slides there (the folder, what is missing and the command named).
+    """
+    root = Path(root)
+    if (root / SYNTHETIC_SLIDES_META).is_file():
+        return str(root)
+    state = "does not exist" if not root.exists() else f"holds no {SYNTHETIC_SLIDES_META}"
+    raise FileNotFoundError(
+        f"demo slide folder {root} {state}: the whole-slide jobs read the synthetic demo slides from it "
+        f"(Task2_WSI_level/<class>/<id>_wsi.tiff) but never write them. Make them with: "
+        f"{demo_slides_command(root)} (or give your own slides: --slides PATH_OR_GLOB, "
+        "and for evaluation --masks PATH_OR_GLOB or --dataset_dir KPIS_ROOT)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pathseqsam.synthetic slides``: write the demo slides (KPIs Task 2 layout).
+
+    Args:
+        argv: arguments after ``slides`` (default: ``sys.argv[2:]``).
+
+    Returns:
+        Process exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m pathseqsam.synthetic slides",
+        description="Synthetic whole slides with their glomerulus masks (pyramidal TIFFs, KPIs Task 2 "
+        "layout), as the bundle's whole-slide jobs read them from <bundle_root>/data/synthetic_wsi.",
+    )
+    parser.add_argument("--out", required=True, help="new or empty folder (kept if it holds them already)")
+    parser.add_argument("--slides", type=int, default=2, help="number of slides")
+    parser.add_argument("--size-px", type=int, default=4096, help="level-0 side of each (square) slide")
+    parser.add_argument("--mpp-um", type=float, default=0.5, help="micrometres per level-0 pixel")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(sys.argv[2:] if argv is None else argv)
+    if args.slides < 1 or args.size_px < 512 or not args.mpp_um > 0:
+        parser.error("expected --slides >= 1, --size-px >= 512 and --mpp-um > 0")
+    root = Path(args.out)
+    if (root / SYNTHETIC_SLIDES_META).is_file():
+        print(f"{root}: demo slides already there ({root / SYNTHETIC_SLIDES_META}); nothing written")
+        return 0
+    start = time.perf_counter()
+    try:
+        ensure_synthetic_task2(root, args.slides, args.size_px, args.mpp_um, args.seed)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.slides} slides with masks into {root} in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -18,7 +18,8 @@ import io
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from pathseqsam.atomic import atomic_write_json, atomic_write_text
 from pathseqsam.wsi.kpis import kpis_task2_pairs, pair_slides_with_masks
 from pathseqsam.wsi.metrics import SlideScorer
 from pathseqsam.wsi.reader import SlideError, open_slide
-from pathseqsam.wsi.segment import SlideSegmenter, list_slides
+from pathseqsam.wsi.segment import SlideInferenceSettings, SlideSegmenter, list_slides
 
 __all__ = ["CSV_COLUMNS", "MODES", "SlideEvaluator", "score_mask_files"]
 
@@ -107,8 +108,10 @@ class SlideEvaluator:
         checkpoint: optional weights for ``network``.
         device: torch device.
         amp: bf16 autocast on CUDA.
-        **settings: :class:`~pathseqsam.wsi.segment.SlideInferenceSettings` fields
-            (``per_tile`` is set by ``modes``).
+        settings: a :class:`~pathseqsam.wsi.segment.SlideInferenceSettings` (the bundle's
+            ``slide_settings``) or a mapping of its fields; ``per_tile`` is set by ``modes``.
+        **fields: :class:`~pathseqsam.wsi.segment.SlideInferenceSettings` fields that replace
+            those of ``settings``.
     """
 
     def __init__(
@@ -122,7 +125,8 @@ class SlideEvaluator:
         checkpoint: str | os.PathLike | None = None,
         device: Any = None,
         amp: bool = False,
-        **settings: Any,
+        settings: SlideInferenceSettings | Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> None:
         bad = [m for m in modes if m not in MODES]
         if bad or not modes:
@@ -137,6 +141,9 @@ class SlideEvaluator:
             raise ValueError("give dataset_dir (a KPIs Task 2 root) or both slides and masks")
         self.output_dir = Path(output_dir)
         self.modes = list(modes)
+        if isinstance(settings, SlideInferenceSettings):
+            settings = asdict(settings)
+        settings = {**(settings or {}), **fields}
         settings.pop("per_tile", None)
         self.segmenters = {
             mode: SlideSegmenter(
@@ -146,8 +153,8 @@ class SlideEvaluator:
                 device=device,
                 amp=amp,
                 shard=False,
+                settings=settings,
                 per_tile=(mode == "per_tile"),
-                **settings,
             )
             for i, mode in enumerate(self.modes)
         }

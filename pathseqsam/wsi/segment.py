@@ -30,14 +30,17 @@ gives the blending weights.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import math
+import numbers
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +53,7 @@ from scipy import ndimage
 
 from pathseqsam import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD
 from pathseqsam.atomic import atomic_write, atomic_write_json
+from pathseqsam.config_values import config_flag
 from pathseqsam.modeling.resolution import model_mpp_um_of
 from pathseqsam.ranks import dist_rank_and_world
 from pathseqsam.wsi.outputs import (
@@ -60,7 +64,7 @@ from pathseqsam.wsi.outputs import (
     write_mask_pyramid,
 )
 from pathseqsam.wsi.reader import Slide, SlideError, open_slide
-from pathseqsam.wsi.stitch import DiskArray, DiskBlender, clean_blocks, map_shape
+from pathseqsam.wsi.stitch import BLEND_MODES, Block, DiskArray, DiskBlender, clean_blocks, map_shape
 from pathseqsam.wsi.tiles import TILE_ORDERS, Tile, order_tiles, tile_grid, tissue_mask
 
 __all__ = [
@@ -91,7 +95,8 @@ def list_slides(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     The strings are only ever used as paths and glob patterns, never evaluated.
 
     Raises:
-        SlideError: a pattern that matches nothing (named in the message).
+        SlideError: a folder without slide files, or a path or pattern that matches nothing (named in
+            the message, with what was expected).
     """
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
@@ -100,14 +105,21 @@ def list_slides(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> li
         pattern = str(pattern)
         if os.path.isdir(pattern):
             hits = sorted(p for p in Path(pattern).iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
+            if not hits:
+                raise SlideError(
+                    f"{pattern}: folder holds no slide file (expected files ending in "
+                    f"{', '.join(SLIDE_SUFFIXES)}; give a glob pattern such as '{pattern}/**/*.svs' for "
+                    "subfolders)"
+                )
         elif os.path.isfile(pattern):
             hits = [Path(pattern)]
         else:
             hits = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-        if not hits:
-            raise SlideError(
-                f"{pattern}: no slide file matches (expected a file, a folder or a glob pattern)"
-            )
+            if not hits:
+                raise SlideError(
+                    f"{pattern}: no such file or folder, and no file matches it as a glob pattern "
+                    "(expected a slide file, a folder of slides or a pattern such as 'slides/*.svs')"
+                )
         found.extend(h for h in hits if h not in found)
     return found
 
@@ -127,9 +139,18 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, devi
 class SlideInferenceSettings:
     """How a slide is tiled, segmented and cleaned (micrometres throughout).
 
+    The bundle declares these once, under their own names, as the ``slide_settings`` node of
+    ``configs/inference_wsi.json`` (overridden as ``--slide_settings#chunk 4``); ``evaluate_wsi.json``
+    and the MONAI Label app read the same node. Values are checked and converted to the field's type
+    here (``"true"``/``"false"`` words for flags, numbers for numbers), so a bad one fails when the
+    settings are made, naming the field.
+
     Attributes:
-        model_mpp_um: the network's working resolution; every read is resampled to it.
-        image_size: the network's input side in pixels.
+        model_mpp_um: the network's working resolution; every read is resampled to it. None (the
+            bundle's way): the resolution the network carries with its weights
+            (:func:`~pathseqsam.modeling.resolution.model_mpp_um_of`), filled in by
+            :class:`SlideSegmenter`.
+        image_size: the network's input side in pixels; None: the network's ``image_size``.
         tile_um: tile side; default the field of view ``image_size * model_mpp_um``. (KPIs Task 2:
             1024 um tiles every 512 um, i.e. 2048 px at 20x with stride 1024.)
         stride_um: distance between tile starts; default ``tile_um / 2`` (50 % overlap). Also the
@@ -152,10 +173,13 @@ class SlideInferenceSettings:
             any tile is read; None: no limit.
         write_images: write ``mask.tif`` and ``thumbnail.png``; False writes only the polygons and
             the summary (the MONAI Label server answers with the polygons).
+
+    Raises:
+        ValueError: a value of the wrong type or out of range (the field named).
     """
 
-    model_mpp_um: float = 2.0
-    image_size: int = 128
+    model_mpp_um: float | None = None
+    image_size: int | None = None
     tile_um: float | None = None
     stride_um: float | None = None
     order: str = "serpentine"
@@ -175,15 +199,25 @@ class SlideInferenceSettings:
     write_images: bool = True
 
     def __post_init__(self) -> None:
-        if not (self.model_mpp_um and self.model_mpp_um > 0):
-            raise ValueError(f"model_mpp_um must be > 0, got {self.model_mpp_um}")
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _typed(getattr(self, f.name), hints[f.name], f.name))
+        for name in ("model_mpp_um", "image_size", "tile_um", "stride_um", "tissue_mpp_um", "mpp_um"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"slide setting {name!r} = {value!r}: expected a positive number")
         if self.order not in TILE_ORDERS:
             raise ValueError(f"order must be one of {TILE_ORDERS}, got {self.order!r}")
-        if self.tile_um is None:
+        if self.blend not in BLEND_MODES:
+            raise ValueError(f"slide setting 'blend' = {self.blend!r}: expected one of {BLEND_MODES}")
+        if self.chunk < 1 or (self.max_tiles is not None and self.max_tiles < 1):
+            raise ValueError(f"chunk and max_tiles must be >= 1, got {self.chunk}, {self.max_tiles}")
+        # the defaults that depend on the network's geometry wait until it is known
+        if self.tile_um is None and self.model_mpp_um is not None and self.image_size is not None:
             self.tile_um = self.image_size * self.model_mpp_um
-        if self.stride_um is None:
+        if self.stride_um is None and self.tile_um is not None:
             self.stride_um = self.tile_um / 2.0
-        if not (0 < self.stride_um <= self.tile_um):
+        if self.tile_um is not None and not (0 < self.stride_um <= self.tile_um):
             raise ValueError(f"need 0 < stride_um <= tile_um, got {self.stride_um}, {self.tile_um}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
@@ -191,6 +225,30 @@ class SlideInferenceSettings:
     @property
     def tile_px(self) -> int:
         return round(self.tile_um / self.model_mpp_um)
+
+
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as the field type ``hint`` (``bool``, ``int``, ``float``, ``str``, optionally ``| None``).
+
+    Flags take :func:`~pathseqsam.config_values.config_flag` words (a command line gives strings);
+    numbers must be numbers (a string never becomes one); a whole float is no ``int``.
+    """
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    kind = next((a for a in args if a is not type(None)), hint)
+    if kind is bool:
+        return config_flag(value, name)
+    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    expected = {int: "a whole number", float: "a finite number", str: "a string"}[kind]
+    optional = " or null" if type(None) in args else ""
+    raise ValueError(f"slide setting {name!r} = {value!r}: expected {expected}{optional}")
 
 
 def _inside_region(
@@ -220,6 +278,48 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+@dataclass
+class _Tissue:
+    """What the tissue step found: the overview (RGB at ``overview_mpp`` um/px), its tissue mask,
+    the tissue tiles in path order and the tissue area."""
+
+    overview: np.ndarray
+    overview_mpp: float
+    tissue: np.ndarray
+    tiles: list[Tile]
+    tissue_mm2: float
+
+
+@dataclass
+class _Objects:
+    """What the cleaning step found: GeoJSON features, their areas (um^2), how many may be cut."""
+
+    features: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    areas: list[float] = dataclasses.field(default_factory=list)
+    truncated: int = 0
+
+
+def _settings_for(network: torch.nn.Module, fields: dict[str, Any]) -> SlideInferenceSettings:
+    """The settings ``fields`` with the network's geometry filled in (see :class:`SlideSegmenter`)."""
+    carried = model_mpp_um_of(network)  # the resolution the weights were trained at, if known
+    given = fields.get("model_mpp_um")
+    if given is None:
+        if carried is None:
+            raise ValueError(
+                f"{type(network).__name__} carries no model_mpp_um (the resolution its weights were "
+                "trained at): build it with build_pathseqsam(model_mpp_um=...) or give model_mpp_um"
+            )
+        fields["model_mpp_um"] = carried
+    elif carried is not None and not math.isclose(carried, float(given), rel_tol=1e-6):
+        raise ValueError(
+            f"model_mpp_um={given} but the network works at {carried} um/px "
+            "(its weights were trained there): slides must be resampled to the network's resolution"
+        )
+    if fields.get("image_size") is None:
+        fields["image_size"] = int(getattr(network, "image_size", 128))
+    return SlideInferenceSettings(**fields)
+
+
 class SlideSegmenter:
     """Segment glomeruli on whole slides with a PathSeqSAM network (see the module docstring).
 
@@ -230,7 +330,17 @@ class SlideSegmenter:
         device: torch device (default: the network's).
         amp: bf16 autocast on CUDA.
         shard: with a torch.distributed process group, each rank takes every ``world``-th slide.
-        **settings: :class:`SlideInferenceSettings` fields.
+        settings: a :class:`SlideInferenceSettings` (the bundle's ``slide_settings`` node) or a
+            mapping of its fields; default all defaults.
+        **fields: :class:`SlideInferenceSettings` fields that replace those of ``settings``.
+
+    The working resolution ``model_mpp_um`` is the one the network carries with its weights (read
+    after ``checkpoint`` is loaded); settings that name another are refused, since the slide would
+    be read at a scale the weights never saw. A network without one (not built by
+    :func:`pathseqsam.build_pathseqsam` with ``model_mpp_um``) needs it in the settings.
+
+    Raises:
+        ValueError: a bad setting (named), or no or a conflicting ``model_mpp_um``.
     """
 
     def __init__(
@@ -241,20 +351,16 @@ class SlideSegmenter:
         device: Any = None,
         amp: bool = False,
         shard: bool = True,
-        **settings: Any,
+        settings: SlideInferenceSettings | Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> None:
         self.network = network
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
         if checkpoint is not None:
             load_network_weights(network, checkpoint, self.device)
-        settings.setdefault("image_size", int(getattr(network, "image_size", 128)))
-        self.settings = SlideInferenceSettings(**settings)
-        carried = model_mpp_um_of(network)  # the resolution the weights were trained at, if known
-        if carried is not None and not math.isclose(carried, self.settings.model_mpp_um, rel_tol=1e-6):
-            raise ValueError(
-                f"model_mpp_um={self.settings.model_mpp_um} but the network works at {carried} um/px "
-                "(its weights were trained there): slides must be resampled to the network's resolution"
-            )
+        if isinstance(settings, SlideInferenceSettings):
+            settings = asdict(settings)
+        self.settings = _settings_for(network, {**(settings or {}), **fields})
         self.output_dir = Path(output_dir)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.shard = shard
@@ -300,7 +406,7 @@ class SlideSegmenter:
             if final.exists() and not cfg.overwrite:
                 raise SlideError(
                     f"{final}: exists (results of an earlier run for {slide_path}); choose another "
-                    "output_dir or set overwrite=True (--overwrite true) to replace it"
+                    "output_dir or set overwrite=True (--slide_settings#overwrite true) to replace it"
                 )
             self.output_dir.mkdir(parents=True, exist_ok=True)
             work = self.output_dir / f".{slide.name}.partial-{secrets.token_hex(4)}"
@@ -327,15 +433,43 @@ class SlideSegmenter:
         region: Sequence[int] | None = None,
         progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
+        """The steps of one slide, each timed into ``timings``; the outputs go to ``work``."""
         cfg = self.settings
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         scratch = work / "scratch"
         scratch.mkdir()
-        width_um, height_um = slide.width * slide.mpp_um, slide.height * slide.mpp_um
+        found = self._tissue_tiles(slide, region, timings)
+        shape = map_shape(
+            slide.width * slide.mpp_um, slide.height * slide.mpp_um, cfg.model_mpp_um, cfg.tile_px
+        )
+        blender = DiskBlender(scratch, shape, cfg.tile_px, cfg.blend)
+        if found.tiles:
+            self._infer_tiles(slide, found.tiles, blender, timings, progress)
+        else:
+            logger.warning("%s: no tissue found; writing empty outputs", slide.path)
+        mask = DiskArray(scratch / "mask.u8", shape, np.uint8)
+        objects = self._block_objects(slide, found, blender, mask, timings)
+        self._write_outputs(slide, work, found, mask, objects.features, timings)
+        timings["total_s"] = time.perf_counter() - t_start
+        summary = self._summary(slide, region, found, objects, timings)
+        atomic_write_json(work / "summary.json", summary)
+        logger.info(
+            "%s: %d glomeruli on %.2f mm^2 of tissue, %d tiles, %.1f s",
+            slide.path,
+            len(objects.features),
+            found.tissue_mm2,
+            len(found.tiles),
+            timings["total_s"],
+        )
+        return summary
 
-        # tissue and tiles
+    # ------------------------------------------------------------------ the steps of one slide
+    def _tissue_tiles(self, slide: Slide, region: Sequence[int] | None, timings: dict[str, float]) -> _Tissue:
+        """The overview, its tissue mask (inside ``region``) and the tissue tiles in path order."""
+        cfg = self.settings
         t0 = time.perf_counter()
+        width_um, height_um = slide.width * slide.mpp_um, slide.height * slide.mpp_um
         # the overview serves the tissue mask and the thumbnail: about 1024-2048 px on the long side
         extent = max(width_um, height_um)
         overview_mpp = max(extent / 2048.0, min(cfg.tissue_mpp_um, extent / 1024.0), slide.mpp_um)
@@ -354,74 +488,98 @@ class SlideSegmenter:
         tiles = order_tiles(tiles, cfg.order)
         timings["tissue_s"] = time.perf_counter() - t0
         tissue_mm2 = float(tissue.sum()) * overview_mpp**2 / 1e6
+        return _Tissue(overview, overview_mpp, tissue, tiles, tissue_mm2)
 
-        shape = map_shape(width_um, height_um, cfg.model_mpp_um, cfg.tile_px)
-        blender = DiskBlender(scratch, shape, cfg.tile_px, cfg.blend)
-        if tiles:
-            self._infer_tiles(slide, tiles, blender, timings, progress)
-        else:
-            logger.warning("%s: no tissue found; writing empty outputs", slide.path)
-
-        # clean block by block; record objects; write the cleaned mask to disk
+    def _block_objects(
+        self, slide: Slide, found: _Tissue, blender: DiskBlender, mask: DiskArray, timings: dict[str, float]
+    ) -> _Objects:
+        """Threshold and clean the blended map block by block into ``mask``; one polygon per object."""
+        cfg = self.settings
         t0 = time.perf_counter()
-        mask = DiskArray(scratch / "mask.u8", shape, np.uint8)
-        features, areas, truncated = [], [], 0
+        objects = _Objects()
         min_area_px = cfg.min_object_um2 / cfg.model_mpp_um**2
         halo = math.ceil(cfg.max_object_um / cfg.model_mpp_um)
-        to_level0 = cfg.model_mpp_um / slide.mpp_um  # level-0 pixels per working pixel
-        in_tissue = None
-        if cfg.restrict_to_tissue and tiles:
-            # the tissue mask, grown by one overview pixel, sampled at the map's pixel centres: the
-            # network sees glass at the tissue's edge and some models "find" glomeruli there
-            grown = ndimage.binary_dilation(tissue, iterations=1)
-            per_px = cfg.model_mpp_um / overview_mpp  # overview pixels per map pixel
-
-            def in_tissue(y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
-                rows = np.minimum(((np.arange(y0, y1) + 0.5) * per_px).astype(np.int64), grown.shape[0] - 1)
-                cols = np.minimum(((np.arange(x0, x1) + 0.5) * per_px).astype(np.int64), grown.shape[1] - 1)
-                return grown[np.ix_(rows, cols)]
-
+        in_tissue = self._tissue_window(found) if cfg.restrict_to_tissue and found.tiles else None
         blocks = clean_blocks(
             blender, cfg.threshold, min_area_px, cfg.fill_holes, halo=halo, region_mask=in_tissue
         )
-        for block in blocks if tiles else ():
+        for block in blocks if found.tiles else ():
             mask.write(block.y0, block.x0, block.core(block.mask).astype(np.uint8))
             if block.n == 0:
                 continue
-            wh, ww = block.labels.shape
-            for label, sl in enumerate(ndimage.find_objects(block.labels), start=1):
-                if sl is None:
-                    continue
-                top, left = sl[0].start + block.wy0, sl[1].start + block.wx0
-                if not (block.y0 <= top < block.y1 and block.x0 <= left < block.x1):
-                    continue  # another block owns it
-                crop = block.labels[sl] == label
-                inner_edge = (
-                    (sl[0].start == 0 and block.wy0 > 0)
-                    or (sl[1].start == 0 and block.wx0 > 0)
-                    or (sl[0].stop == wh and block.wy0 + wh < shape[0])
-                    or (sl[1].stop == ww and block.wx0 + ww < shape[1])
-                )
-                truncated += int(inner_edge)
-                ring = object_polygon(crop)
-                ring[:, 0] = (ring[:, 0] + left + 0.5) * to_level0
-                ring[:, 1] = (ring[:, 1] + top + 0.5) * to_level0
-                ring[:, 0] = np.clip(ring[:, 0], 0, slide.width)
-                ring[:, 1] = np.clip(ring[:, 1], 0, slide.height)
-                area_um2 = float(crop.sum()) * cfg.model_mpp_um**2
-                mean_prob = float(block.prob[sl][crop].mean())
-                areas.append(area_um2)
-                features.append(geojson_feature(ring, area_um2, mean_prob, f"Glomerulus {len(features) + 1}"))
-        if truncated:
+            for ring, area_um2, mean_prob, cut in self._objects_in(slide, block, mask.shape):
+                objects.truncated += int(cut)
+                objects.areas.append(area_um2)
+                name = f"Glomerulus {len(objects.features) + 1}"
+                objects.features.append(geojson_feature(ring, area_um2, mean_prob, name))
+        if objects.truncated:
             logger.warning(
                 "%s: %d objects are larger than max_object_um=%g: their outlines may be cut",
                 slide.path,
-                truncated,
+                objects.truncated,
                 cfg.max_object_um,
             )
         timings["clean_s"] = time.perf_counter() - t0
+        return objects
 
-        # outputs
+    def _tissue_window(self, found: _Tissue) -> Callable[[int, int, int, int], np.ndarray]:
+        """``(y0, x0, y1, x1) ->`` where the map's window may hold objects: the tissue, grown.
+
+        The tissue mask, grown by one overview pixel, sampled at the map's pixel centres: the
+        network sees glass at the tissue's edge and some models "find" glomeruli there.
+        """
+        grown = ndimage.binary_dilation(found.tissue, iterations=1)
+        per_px = self.settings.model_mpp_um / found.overview_mpp  # overview pixels per map pixel
+
+        def in_tissue(y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+            rows = np.minimum(((np.arange(y0, y1) + 0.5) * per_px).astype(np.int64), grown.shape[0] - 1)
+            cols = np.minimum(((np.arange(x0, x1) + 0.5) * per_px).astype(np.int64), grown.shape[1] - 1)
+            return grown[np.ix_(rows, cols)]
+
+        return in_tissue
+
+    def _objects_in(
+        self, slide: Slide, block: Block, shape: tuple[int, int]
+    ) -> Iterator[tuple[np.ndarray, float, float, bool]]:
+        """The objects ``block`` owns: ``(ring in level-0 pixels, area um^2, mean probability, cut)``.
+
+        An object belongs to the block holding its top-left pixel; ``cut`` marks one touching an
+        inner edge of the block's window (larger than the halo: its outline may be cut there).
+        """
+        mpp = self.settings.model_mpp_um
+        to_level0 = mpp / slide.mpp_um  # level-0 pixels per working pixel
+        wh, ww = block.labels.shape
+        for label, sl in enumerate(ndimage.find_objects(block.labels), start=1):
+            if sl is None:
+                continue
+            top, left = sl[0].start + block.wy0, sl[1].start + block.wx0
+            if not (block.y0 <= top < block.y1 and block.x0 <= left < block.x1):
+                continue  # another block owns it
+            crop = block.labels[sl] == label
+            cut = (
+                (sl[0].start == 0 and block.wy0 > 0)
+                or (sl[1].start == 0 and block.wx0 > 0)
+                or (sl[0].stop == wh and block.wy0 + wh < shape[0])
+                or (sl[1].stop == ww and block.wx0 + ww < shape[1])
+            )
+            ring = object_polygon(crop)
+            ring[:, 0] = (ring[:, 0] + left + 0.5) * to_level0
+            ring[:, 1] = (ring[:, 1] + top + 0.5) * to_level0
+            ring[:, 0] = np.clip(ring[:, 0], 0, slide.width)
+            ring[:, 1] = np.clip(ring[:, 1], 0, slide.height)
+            yield ring, float(crop.sum()) * mpp**2, float(block.prob[sl][crop].mean()), cut
+
+    def _write_outputs(
+        self,
+        slide: Slide,
+        work: Path,
+        found: _Tissue,
+        mask: DiskArray,
+        features: list[dict[str, Any]],
+        timings: dict[str, float],
+    ) -> None:
+        """``glomeruli.geojson``, and with ``write_images`` ``mask.tif`` and ``thumbnail.png``."""
+        cfg = self.settings
         t0 = time.perf_counter()
         atomic_write_json(work / "glomeruli.geojson", {"type": "FeatureCollection", "features": features})
         if cfg.write_images:
@@ -431,21 +589,34 @@ class SlideSegmenter:
                     tmp, mask, cfg.model_mpp_um, slide.width, slide.height, slide.mpp_um
                 ),
             )
-            thumb_mask = np.zeros(overview.shape[:2], dtype=np.uint8)
-            scale = overview_mpp / cfg.model_mpp_um
-            for y in range(0, thumb_mask.shape[0], 256):
-                for x in range(0, thumb_mask.shape[1], 256):
-                    h, w = min(256, thumb_mask.shape[0] - y), min(256, thumb_mask.shape[1] - x)
-                    thumb_mask[y : y + h, x : x + w] = sample_mask(mask, scale, y, x, h, w)
-            thumbnail = draw_contours(overview, thumb_mask > 0)
+            thumbnail = draw_contours(found.overview, self._overview_mask(found, mask) > 0)
             atomic_write(
                 work / "thumbnail.png", lambda tmp: Image.fromarray(thumbnail).save(tmp, format="PNG")
             )
         timings["write_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_start
 
-        n_tiles = len(tiles)
-        summary = {
+    def _overview_mask(self, found: _Tissue, mask: DiskArray) -> np.ndarray:
+        """The cleaned mask sampled onto the overview's pixels, 256 x 256 at a time."""
+        out = np.zeros(found.overview.shape[:2], dtype=np.uint8)
+        scale = found.overview_mpp / self.settings.model_mpp_um
+        for y in range(0, out.shape[0], 256):
+            for x in range(0, out.shape[1], 256):
+                h, w = min(256, out.shape[0] - y), min(256, out.shape[1] - x)
+                out[y : y + h, x : x + w] = sample_mask(mask, scale, y, x, h, w)
+        return out
+
+    def _summary(
+        self,
+        slide: Slide,
+        region: Sequence[int] | None,
+        found: _Tissue,
+        objects: _Objects,
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        """``summary.json``: the slide, what was found, the settings and the timings."""
+        cfg = self.settings
+        n_tiles, areas, tissue_mm2 = len(found.tiles), objects.areas, found.tissue_mm2
+        return {
             "slide": str(slide.path),
             "name": slide.name,
             "reader": slide.backend,
@@ -457,28 +628,18 @@ class SlideSegmenter:
             "tissue_mm2": round(tissue_mm2, 4),
             "region": None if region is None else [int(v) for v in region],
             "tiles": n_tiles,
-            "count": len(features),
+            "count": len(objects.features),
             "areas_um2": [round(a, 2) for a in areas],
             "mean_area_um2": round(float(np.mean(areas)), 2) if areas else None,
-            "objects_cut_by_halo": truncated,
+            "objects_cut_by_halo": objects.truncated,
             "message": None if n_tiles else "no tissue found",
-            "settings": {**asdict(self.settings), "tile_px": self.settings.tile_px},
+            "settings": {**asdict(cfg), "tile_px": cfg.tile_px},
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "tiles_per_s": round(n_tiles / timings["network_s"], 3)
             if n_tiles and timings.get("network_s")
             else None,
             "s_per_mm2_tissue": round(timings["total_s"] / tissue_mm2, 3) if tissue_mm2 > 0 else None,
         }
-        atomic_write_json(work / "summary.json", summary)
-        logger.info(
-            "%s: %d glomeruli on %.2f mm^2 of tissue, %d tiles, %.1f s",
-            slide.path,
-            len(features),
-            tissue_mm2,
-            n_tiles,
-            timings["total_s"],
-        )
-        return summary
 
     # ------------------------------------------------------------------ tiles through the network
     def _tile_chunks(

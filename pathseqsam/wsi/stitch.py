@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Block", "DiskArray", "DiskBlender", "blend_weights", "clean_blocks", "map_shape"]
+__all__ = ["BLEND_MODES", "Block", "DiskArray", "DiskBlender", "blend_weights", "clean_blocks", "map_shape"]
+
+BLEND_MODES = ("gaussian", "constant")
+"""Tile weights :func:`blend_weights` knows (MONAI's ``compute_importance_map`` modes)."""
 
 
 class DiskArray:
@@ -96,7 +99,7 @@ def blend_weights(size: int, mode: str = "gaussian", sigma_scale: float = 0.125)
     """Per-pixel tile weights: MONAI's ``compute_importance_map`` (``gaussian`` or ``constant``)."""
     from monai.data.utils import compute_importance_map
 
-    if mode not in ("gaussian", "constant"):
+    if mode not in BLEND_MODES:
         raise ValueError(f"blend mode must be 'gaussian' or 'constant', got {mode!r}")
     weights = compute_importance_map((size, size), mode=mode, sigma_scale=sigma_scale, device="cpu")
     return np.asarray(weights, dtype=np.float32)

@@ -378,6 +378,7 @@ def test_wsi_tile_cap_answers_413(wsi_server):
 
     from pathseqsam.label.requests.options import RequestTooLarge
     from pathseqsam.label.slides.wsi_job import WholeSlideJobs, wsi_settings
+    from pathseqsam.modeling.resolution import attach_model_mpp
 
     jobs = WholeSlideJobs(wsi_settings(wsi_server.bundle, OVERRIDES), max_tiles=3)
 
@@ -387,6 +388,7 @@ def test_wsi_tile_cap_answers_413(wsi_server):
         def __init__(self) -> None:
             super().__init__()
             self.weight = torch.nn.Parameter(torch.zeros(1))
+            attach_model_mpp(self, 2.0)  # the working resolution a served network carries
 
         def forward(self, *args, **kwargs):
             raise AssertionError("no tile may be segmented")

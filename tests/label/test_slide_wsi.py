@@ -66,13 +66,64 @@ def test_max_wsi_tiles_setting():
 
 
 def test_settings_come_from_the_bundle_and_server_overrides_only():
-    settings = wsi_settings(ROOT / "bundle", {"threshold": 0.7, "image_size": 128, "train#x": 1})
-    config = json.loads((ROOT / "bundle" / "configs" / "inference_wsi.json").read_text())
-    assert settings["threshold"] == 0.7 and settings["image_size"] == 128
-    assert (
-        settings["min_object_um2"] == config["min_object_um2"] and settings["order"] == config["tile_order"]
-    )
-    assert settings["chunk"] == config["tiles_per_chunk"] and settings["per_tile"] is False
+    """The bundle's slide_settings node plus typed --conf bundle.slide_settings#<field> overrides."""
+    from pathseqsam.wsi.segment import SlideInferenceSettings
+
+    overrides = {
+        "slide_settings#threshold": 0.7,
+        "slide_settings#order": "short_path",
+        "image_size": 64,
+        "train#x": 1,
+    }
+    settings = wsi_settings(ROOT / "bundle", overrides)
+    node = json.loads((ROOT / "bundle" / "configs" / "inference_wsi.json").read_text())["slide_settings"]
+    assert isinstance(settings, SlideInferenceSettings)
+    assert settings.threshold == 0.7 and settings.order == "short_path"
+    assert settings.min_object_um2 == node["min_object_um2"] and settings.chunk == node["chunk"]
+    assert settings.per_tile is False and settings.mpp_um is None
+    # the geometry is the served network's (image_size and model_mpp_um of inference.json, not here)
+    assert settings.image_size is None and settings.model_mpp_um is None and settings.tile_um is None
+    # --conf mpp_um (files without a pixel size) serves slides too, unless slide_settings#mpp_um is given
+    assert wsi_settings(ROOT / "bundle", {"mpp_um": 0.25}).mpp_um == 0.25
+    assert wsi_settings(ROOT / "bundle", {"mpp_um": 0.25, "slide_settings#mpp_um": 0.5}).mpp_um == 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # never evaluated: a string is only ever a string, checked against the field's choices
+        (
+            {"slide_settings#order": "$open('pwned','w')"},
+            r"order must be one of \('serpentine', 'short_path'\)",
+        ),
+        (
+            {"slide_settings#chunk": "4"},
+            r"bundle\.slide_settings#chunk: slide setting 'chunk' = '4': expected a whole",
+        ),
+        ({"slide_settings#threshold": "@x"}, r"slide setting 'threshold' = '@x': expected a finite number"),
+        ({"slide_settings#per_tile": "maybe"}, r"setting 'per_tile' = 'maybe': expected true or false"),
+        (
+            {"slide_settings#nope": 1},
+            r"bundle\.slide_settings#nope: SlideInferenceSettings has no field 'nope'",
+        ),
+        (
+            {"slide_settings#max_tiles": 3},
+            r"slide_settings#max_tiles: not a server setting: set by --conf max_wsi",
+        ),
+        ({"slide_settings#model_mpp_um": 4.0}, r"not a server setting: the served network's own"),
+        ({"slide_settings": {"chunk": 2}}, r"bundle\.slide_settings: set its fields one at a time"),
+        # the ids before the node: named with their new id rather than ignored
+        (
+            {"tile_order": "short_path", "tiles_per_chunk": 4},
+            r"--conf bundle\.tile_order: now --conf bundle\.slide_settings#order; "
+            r"--conf bundle\.tiles_per_chunk: now --conf bundle\.slide_settings#chunk",
+        ),
+    ],
+)
+def test_server_slide_settings_are_checked(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        wsi_settings(ROOT / "bundle", overrides)
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
 
 
 def test_features_become_monailabel_contours():

@@ -1,5 +1,6 @@
 """The bundle's whole-slide configs: inference_wsi.json (the documented command line, on an Aperio SVS),
-evaluate_wsi.json (in-process, KPIs Task 2 root and --slides/--masks) and the torchrun overlay."""
+evaluate_wsi.json (an overlay on it, in-process: KPIs Task 2 root and --slides/--masks), the torchrun
+overlay, and the demo slides they read but never write."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from tests.torchrun import torchrun_bundle
 
@@ -72,7 +73,12 @@ def test_inference_wsi_command_on_an_aperio_svs(tmp_path, slide_files, tiny_chec
         str(tiny_checkpoint(4.0)),
         "--model_mpp_um",
         "4.0",
+        "--slide_settings#chunk",
+        "3",
+        "--slide_settings#overwrite",
+        "true",
     ]
+    (out / "syn_00").mkdir(parents=True)  # an earlier run's folder: replaced (overwrite true)
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = out / "syn_00"
@@ -84,7 +90,10 @@ def test_inference_wsi_command_on_an_aperio_svs(tmp_path, slide_files, tiny_chec
     ]
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["reader"] == "openslide" and summary["mpp_um"] == pytest.approx(1.0, rel=1e-3)
-    assert summary["settings"]["model_mpp_um"] == 4.0 and summary["tiles"] > 0
+    # the working resolution is the network's (--model_mpp_um builds it), the slide settings the node's
+    assert summary["settings"]["model_mpp_um"] == 4.0 and summary["settings"]["tile_um"] == 512.0
+    assert summary["settings"]["chunk"] == 3 and summary["settings"]["overwrite"] is True
+    assert summary["tiles"] > 0
     assert "syn_00: tiles" in proc.stderr + proc.stdout  # the progress line
     gj = json.loads((folder / "glomeruli.geojson").read_text())
     assert gj["type"] == "FeatureCollection"
@@ -120,7 +129,7 @@ def test_evaluate_wsi_on_a_task2_root_and_on_globs(tmp_path, slide_files, tiny_c
     shutil.copy(slide_files["slide"], root / "syn_00_wsi.tiff")
     shutil.copy(slide_files["mask"], root / "syn_00_mask.tiff")
     common = {
-        "config_file": str(CONFIGS / "evaluate_wsi.json"),
+        "config_file": [str(CONFIGS / "inference_wsi.json"), str(CONFIGS / "evaluate_wsi.json")],
         "meta_file": META,
         "logging_file": LOGGING,
         "workflow_type": None,
@@ -175,3 +184,56 @@ def test_torchrun_shards_slides_over_ranks(tmp_path, slide_files, tiny_checkpoin
     assert "this process: 2 of them, rank 0 of 2" in ranks[0]
     assert "this process: 1 of them, rank 1 of 2" in ranks[1]
     assert "b: tiles" in ranks[1] and "b: tiles" not in ranks[0]
+
+
+def _chain(exc: BaseException) -> str:
+    """Every message of an exception and its causes (MONAI wraps what a config expression raises)."""
+    out = []
+    while exc is not None:
+        out.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("job", ["inference", "evaluation", "torchrun overlay"])
+def test_missing_demo_slides_are_not_generated(tmp_path, job):
+    """Left at their default input, the slide jobs stop with the folder and the command that makes it."""
+    configs = {
+        "inference": [CONFIGS / "inference_wsi.json"],
+        "evaluation": [CONFIGS / "inference_wsi.json", CONFIGS / "evaluate_wsi.json"],
+        "torchrun overlay": [CONFIGS / "inference_wsi.json", CONFIGS / "multi_gpu_inference_wsi.json"],
+    }[job]
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    parser["bundle_root"] = str(tmp_path)
+    # the demo check is the only initialize step touching data (the torchrun one would first start a
+    # process group)
+    checks = [e for e in parser["initialize"] if "synthetic" in e]
+    assert checks and not any("ensure_synthetic_task2" in e for e in parser["initialize"])
+    parser["initialize"] = checks
+    demo = tmp_path / "data" / "synthetic_wsi"
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("initialize")
+    message = _chain(info.value)
+    assert f"demo slide folder {demo} does not exist" in message
+    assert f"Make them with: python -m pathseqsam.synthetic slides --out {demo}" in message
+    assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_slide_settings_node_uses_the_dataclass_names():
+    """One node, SlideInferenceSettings' own field names; no slide setting left at the top level."""
+    import dataclasses
+
+    from pathseqsam.wsi.segment import SlideInferenceSettings
+
+    config = json.loads((CONFIGS / "inference_wsi.json").read_text())
+    node = config["slide_settings"]
+    fields = {f.name for f in dataclasses.fields(SlideInferenceSettings)}
+    assert node["_target_"] == "pathseqsam.wsi.segment.SlideInferenceSettings"
+    assert set(node) - {"_target_"} <= fields - {"model_mpp_um", "image_size"}  # those are the network's
+    assert not (set(config) & (fields - {"model_mpp_um", "image_size"}))
+    assert config["segmenter"]["settings"] == "@slide_settings"
+    overlay = json.loads((CONFIGS / "evaluate_wsi.json").read_text())
+    assert overlay["evaluator"]["settings"] == "@slide_settings"
+    # the overlay holds only what differs: no network or slide setting of its own
+    assert not (set(overlay) & ({"network_def", "network", "model_mpp_um", "image_size"} | fields))

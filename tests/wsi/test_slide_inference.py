@@ -216,8 +216,32 @@ def test_missing_mpp_and_bad_slide(tmp_path):
         seg.segment(nompp)
     summary = SlideSegmenter(ColourOracle(), tmp_path / "out", model_mpp_um=2.0, mpp_um=0.5).segment(nompp)
     assert summary["mpp_um"] == 0.5
-    with pytest.raises(SlideError, match=r"nothing\*\.svs: no slide file matches"):
+    with pytest.raises(SlideError, match=r"nothing\*\.svs: no such file or folder, and no file matches"):
         list_slides(str(tmp_path / "nothing*.svs"))
+
+
+def test_slide_inputs_that_hold_no_slide_are_named(tmp_path):
+    """A missing folder, an empty one and one without slide files each stop with the path named."""
+    missing = tmp_path / "my_slides"
+    with pytest.raises(
+        SlideError, match=rf"{missing}: no such file or folder.*expected a slide file, a folder"
+    ):
+        list_slides(str(missing))
+    missing.mkdir()
+    with pytest.raises(
+        SlideError, match=rf"{missing}: folder holds no slide file \(expected files ending in .svs"
+    ):
+        list_slides(missing)
+    (missing / "notes.txt").write_text("not a slide")
+    (missing / "sub").mkdir()
+    (missing / "sub" / "a.svs").write_bytes(b"")
+    with pytest.raises(
+        SlideError, match=r"folder holds no slide file.*'\S+/my_slides/\*\*/\*\.svs' for subfolders"
+    ):
+        list_slides(missing)
+    assert list_slides([str(missing / "**" / "*.svs"), missing / "sub" / "a.svs"]) == [
+        missing / "sub" / "a.svs"
+    ]
 
 
 def test_disk_blender_is_a_weighted_average(tmp_path):
@@ -265,6 +289,61 @@ def test_slides_are_resampled_to_the_resolution_the_weights_carry(tmp_path):
     with pytest.raises(ValueError, match=r"model_mpp_um=4.0 but the network works at 2.0 um/px"):
         SlideSegmenter(net, tmp_path, model_mpp_um=4.0)
     assert SlideSegmenter(net, tmp_path, model_mpp_um=2.0).settings.model_mpp_um == 2.0
+    # the settings need not repeat it: the network's buffer and image size give the geometry
+    settings = SlideSegmenter(net, tmp_path).settings
+    assert (settings.model_mpp_um, settings.image_size, settings.tile_um, settings.tile_px) == (
+        2.0,
+        64,
+        128.0,
+        64,
+    )
+    # a state dict trained at 2.0000004 um/px loads into it (within load tolerance): slides are read at
+    # the resolution the loaded weights carry
+    state = net.state_dict()
+    state["model_mpp_um"] = torch.tensor(2.0000004, dtype=torch.float64)
+    torch.save(state, tmp_path / "model.pt")
+    assert SlideSegmenter(net, tmp_path, checkpoint=tmp_path / "model.pt").settings.model_mpp_um == 2.0000004
+    with pytest.raises(ValueError, match=r"ColourOracle carries no model_mpp_um .* or give model_mpp_um"):
+        SlideSegmenter(ColourOracle(), tmp_path)
+
+
+def test_settings_are_typed_and_declared_once():
+    """Fields are converted to their types or refused by name; the network's geometry waits for it."""
+    from pathseqsam.wsi.segment import SlideInferenceSettings
+
+    s = SlideInferenceSettings(per_tile="true", overwrite="off", tile_um=300, chunk=np.int64(3))
+    assert (s.per_tile, s.overwrite, s.tile_um, s.stride_um, s.chunk) == (True, False, 300.0, 150.0, 3)
+    assert type(s.tile_um) is float and type(s.chunk) is int
+    unresolved = SlideInferenceSettings()
+    assert (unresolved.model_mpp_um, unresolved.tile_um, unresolved.stride_um) == (None, None, None)
+    bad = {
+        "chunk": ("8", r"slide setting 'chunk' = '8': expected a whole number"),
+        "threshold": ("0.5", r"slide setting 'threshold' = '0.5': expected a finite number$"),
+        "tile_um": (float("nan"), r"slide setting 'tile_um' = nan: expected a finite number or null"),
+        "max_tiles": (2.0, r"slide setting 'max_tiles' = 2.0: expected a whole number or null"),
+        "per_tile": ("maybe", r"setting 'per_tile' = 'maybe': expected true or false"),
+        "blend": ("median", r"slide setting 'blend' = 'median': expected one of \('gaussian', 'constant'\)"),
+        "order": ("$os.getcwd()", r"order must be one of \('serpentine', 'short_path'\)"),
+        "tissue_mpp_um": (0, r"slide setting 'tissue_mpp_um' = 0.0: expected a positive number"),
+        "chunk ": (0, r"chunk and max_tiles must be >= 1"),
+    }
+    for name, (value, message) in bad.items():
+        with pytest.raises(ValueError, match=message):
+            SlideInferenceSettings(**{name.strip(): value})
+    # a settings object (the bundle's slide_settings node) and fields: the fields win
+    segmenter = SlideSegmenter(
+        ColourOracle(),
+        "out",
+        settings=SlideInferenceSettings(chunk=3, threshold=0.7),
+        model_mpp_um=2.0,
+        chunk=5,
+    )
+    assert (segmenter.settings.chunk, segmenter.settings.threshold, segmenter.settings.tile_um) == (
+        5,
+        0.7,
+        256.0,
+    )
+    assert SlideSegmenter(ColourOracle(), "out", settings={"model_mpp_um": 4.0}).settings.tile_px == 128
 
 
 def test_region_cap_and_progress(tmp_path, slide_files, scene, oracle_run):

@@ -95,3 +95,46 @@ def test_demo_slides_written_once_and_foreign_folders_left_alone(tmp_path, monke
     with pytest.raises(FileExistsError, match=r"mine: not a synthetic slide set"):
         ensure_synthetic_task2(foreign)
     assert calls == []
+
+
+def test_demo_slides_command(tmp_path):
+    """``python -m pathseqsam.synthetic slides --out DIR``: the command the slide jobs name when the demo
+    slides are missing; afterwards the jobs' check passes, and a foreign folder is refused."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pathseqsam.synthetic.slides import (
+        SYNTHETIC_SLIDES_META,
+        demo_slides_command,
+        require_synthetic_task2,
+    )
+
+    root = tmp_path / "demo wsi"
+    with pytest.raises(FileNotFoundError, match=r"demo slide folder .*demo wsi does not exist") as info:
+        require_synthetic_task2(root)
+    command = demo_slides_command(root)
+    assert command in str(info.value) and command.endswith(f"--out '{root}'")  # quoted for the shell
+    repo = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "-m", "pathseqsam.synthetic", "slides", "--out", str(root)]
+    small = ["--slides", "1", "--size-px", "1024", "--mpp-um", "1.0", "--seed", "3"]
+    proc = subprocess.run([*argv, *small], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert require_synthetic_task2(root) == str(root)
+    meta = json.loads((root / SYNTHETIC_SLIDES_META).read_text())
+    assert (meta["n_slides"], meta["size_px"], meta["mpp_um"], meta["seed"]) == (1, 1024, 1.0, 3)
+    with tifffile.TiffFile(root / "Task2_WSI_level" / "synthetic" / "syn_00_wsi.tiff") as tif:
+        assert tif.pages[0].shape[:2] == (1024, 1024)
+    rerun = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "already there" in rerun.stdout
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError, match=r"mine holds no synthetic_slides.json"):
+        require_synthetic_task2(foreign)
+    refused = subprocess.run(
+        [*argv[:-1], str(foreign)], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode == 2 and "mine: not a synthetic slide set" in refused.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]

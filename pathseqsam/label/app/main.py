@@ -19,8 +19,9 @@ Tasks, for model name ``pathseqsam`` (the ``models`` setting):
   cut into patches at the working resolution: :mod:`pathseqsam.label.slides.label_patches`).
 
 Settings (``--conf KEY VALUE``): ``bundle`` (bundle folder, default the repository's ``bundle/``),
-``bundle.<config id>`` (config overrides), ``z_spacing_um``, ``max_megapixels``, ``max_wsi_tiles`` (see
-:mod:`pathseqsam.label.bundle`), ``skip_trainers`` (``true`` serves inference only).
+``bundle.<config id>`` (config overrides; ``bundle.slide_settings#<field>`` for whole slides),
+``z_spacing_um``, ``max_megapixels``, ``max_wsi_tiles`` (see :mod:`pathseqsam.label.bundle`),
+``skip_trainers`` (``true`` serves inference only).
 
 Requests: only the options of :mod:`pathseqsam.label.requests.options` are accepted (typed, ranged, fixed
 choices; anything else is dropped and logged), only datastore images are read (no uploaded files,

@@ -2,10 +2,10 @@
 
 MONAI Label's own ``infer_wsi`` cuts a slide into non-overlapping tiles and infers them one by one;
 a glomerulus on a tile border comes back as two polygons. Here the request runs the bundle's
-whole-slide pipeline instead (:class:`pathseqsam.wsi.segment.SlideSegmenter`, the
-settings of ``configs/inference_wsi.json``): tissue tiles as ONE sequence with distance-aware memory,
-blended on disk, thresholded and cleaned block by block, one polygon per object in level-0 pixels.
-The polygons are then written by MONAI Label's own writers (ASAP XML, DSA JSON: what its QuPath and
+whole-slide pipeline instead (:class:`pathseqsam.wsi.segment.SlideSegmenter` with the
+``slide_settings`` of ``configs/inference_wsi.json``): tissue tiles as ONE sequence with
+distance-aware memory, blended on disk, thresholded and cleaned block by block, one polygon per
+object in level-0 pixels. The polygons are then written by MONAI Label's own writers (ASAP XML, DSA JSON: what its QuPath and
 DSA plugins import), or as the pipeline's QuPath GeoJSON, or returned as JSON.
 
 :class:`WholeSlideJobs` runs one slide at a time (a second request, or an ``/infer`` while a slide
@@ -17,12 +17,14 @@ bundle: region reads only, tiles streamed, the probability map on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,12 @@ import torch
 from pathseqsam.label.requests.options import RequestRefused, RequestTooLarge
 from pathseqsam.wsi.outputs import GLOMERULUS_CLASS, ring_area
 from pathseqsam.wsi.reader import SlideError
-from pathseqsam.wsi.segment import SlideSegmenter, SlideTooLarge
+from pathseqsam.wsi.segment import SlideInferenceSettings, SlideSegmenter, SlideTooLarge
 
 __all__ = [
     "DEFAULT_MAX_TILES",
+    "SLIDE_SETTINGS_ID",
     "WSI_OUTPUTS",
-    "WSI_SETTINGS",
     "NetworkBusy",
     "WholeSlideJobs",
     "annotation_json",
@@ -55,55 +57,102 @@ DEFAULT_MAX_TILES = 20_000
 """Tissue tiles one whole-slide request may need (``--conf max_wsi_tiles``): a 20x kidney biopsy
 needs a few hundred at the demo settings; 20,000 is about 1.3 cm^2 of tissue at 256 um tiles."""
 
-# bundle id in configs/inference_wsi.json -> SlideSegmenter setting (server settings, never a request's)
-WSI_SETTINGS = {
-    "model_mpp_um": "model_mpp_um",
-    "image_size": "image_size",
+SLIDE_SETTINGS_ID = "slide_settings"
+"""The node of ``configs/inference_wsi.json`` that holds the slide pipeline's settings."""
+
+# SlideInferenceSettings fields a server may not set through --conf bundle.slide_settings#<field>:
+# the network's geometry comes with the served network, the rest is the server's own business
+_SERVER_FIELDS = {
+    "model_mpp_um": "the served network's own (its weights carry it; --conf bundle.model_mpp_um)",
+    "image_size": "the served network's own (--conf bundle.image_size)",
+    "max_tiles": "set by --conf max_wsi_tiles",
+    "write_images": "the server answers with polygons only",
+    "overwrite": "each request writes into a fresh temporary folder",
+}
+
+# ids of inference_wsi.json before its settings became one node, that inference.json does not have:
+# a server started with one of them would otherwise ignore it without a word
+_MOVED_IDS = {
     "tile_um": "tile_um",
     "stride_um": "stride_um",
     "tile_order": "order",
     "per_tile": "per_tile",
     "blend": "blend",
     "threshold": "threshold",
-    "min_object_um2": "min_object_um2",
     "max_object_um": "max_object_um",
     "tissue_mpp_um": "tissue_mpp_um",
     "tiles_per_chunk": "chunk",
-    "mpp_um": "mpp_um",
 }
 
 
-def wsi_settings(bundle_dir: str | Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The slide pipeline's settings from the bundle's ``configs/inference_wsi.json`` (+ server overrides).
+def wsi_settings(bundle_dir: str | Path, overrides: Mapping[str, Any]) -> SlideInferenceSettings:
+    """The slide pipeline's settings: ``slide_settings`` of the bundle's ``inference_wsi.json`` + overrides.
+
+    The node is read by MONAI's parser from the bundle's own file; the server's overrides never go
+    through the parser: each ``--conf bundle.slide_settings#<field> <value>`` must name a field of
+    :class:`~pathseqsam.wsi.segment.SlideInferenceSettings` a server may set, and its (JSON) value
+    is checked against the field's type there (a string is never evaluated, never a number).
+    ``--conf mpp_um`` (the pixel size of files that carry none) also serves slides without one,
+    unless ``slide_settings#mpp_um`` is given.
 
     Args:
         bundle_dir: bundle folder.
-        overrides: the server's ``--conf bundle.<id>`` overrides (as for ``inference.json``).
+        overrides: the server's ``--conf bundle.<id>`` overrides (:func:`~pathseqsam.label.bundle.bundle_overrides`);
+            ids outside ``slide_settings`` are the other configs' business and ignored here.
 
     Returns:
-        :class:`~pathseqsam.wsi.segment.SlideInferenceSettings` keyword arguments.
+        The settings without the network's geometry (:class:`~pathseqsam.wsi.segment.SlideSegmenter`
+        takes ``model_mpp_um`` and ``image_size`` from the served network).
 
     Raises:
         FileNotFoundError: the bundle has no ``configs/inference_wsi.json``.
+        ValueError: an override of an unknown or server-owned field, a value of the wrong type, or an
+            id that moved into ``slide_settings`` (the new one named).
     """
     from monai.bundle import ConfigParser
-
-    from pathseqsam import config_flag
 
     path = Path(bundle_dir) / "configs" / "inference_wsi.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: whole-slide inference needs the bundle's inference_wsi.json"
         )
+    if SLIDE_SETTINGS_ID in overrides:
+        raise ValueError(
+            f"--conf bundle.{SLIDE_SETTINGS_ID}: set its fields one at a time, "
+            f"e.g. --conf bundle.{SLIDE_SETTINGS_ID}#threshold 0.6"
+        )
+    moved = sorted(set(overrides) & set(_MOVED_IDS))
+    if moved:
+        raise ValueError(
+            "; ".join(
+                f"--conf bundle.{k}: now --conf bundle.{SLIDE_SETTINGS_ID}#{_MOVED_IDS[k]}" for k in moved
+            )
+            + f" (the slide settings are one node of {path.name})"
+        )
     parser = ConfigParser()
     parser.read_config(str(path))
     parser["bundle_root"] = str(bundle_dir)
-    for key, value in overrides.items():
-        if key in WSI_SETTINGS:  # the network's own settings come with the served network
-            parser[key] = value
-    out = {name: parser.get_parsed_content(key) for key, name in WSI_SETTINGS.items()}
-    out["per_tile"] = config_flag(out["per_tile"], "per_tile")
-    return out
+    node = parser.get_parsed_content(SLIDE_SETTINGS_ID)
+    fields = asdict(node) if isinstance(node, SlideInferenceSettings) else dict(node)
+    known = {f.name for f in dataclasses.fields(SlideInferenceSettings)}
+    prefix = SLIDE_SETTINGS_ID + "#"
+    given = {k[len(prefix) :]: v for k, v in overrides.items() if k.startswith(prefix)}
+    if "mpp_um" in overrides and "mpp_um" not in given:
+        given["mpp_um"] = overrides["mpp_um"]
+    for name, value in given.items():
+        if name not in known:
+            raise ValueError(
+                f"--conf bundle.{prefix}{name}: {SlideInferenceSettings.__name__} has no field {name!r} "
+                f"(fields: {', '.join(sorted(known - set(_SERVER_FIELDS)))})"
+            )
+        if name in _SERVER_FIELDS:
+            raise ValueError(f"--conf bundle.{prefix}{name}: not a server setting: {_SERVER_FIELDS[name]}")
+        fields[name] = value
+    try:
+        return SlideInferenceSettings(**fields)
+    except ValueError as exc:
+        given_ids = ", ".join(f"bundle.{prefix}{k}" for k in given)
+        raise ValueError(f"--conf {given_ids}: {exc}") from exc
 
 
 def _contour(feature: Mapping[str, Any]) -> list[list[int]] | None:
@@ -155,8 +204,8 @@ class WholeSlideJobs:
         max_tiles: tissue tiles one slide may need; more is refused with 413.
     """
 
-    def __init__(self, settings: Mapping[str, Any], max_tiles: int = DEFAULT_MAX_TILES) -> None:
-        self.settings = dict(settings)
+    def __init__(self, settings: SlideInferenceSettings, max_tiles: int = DEFAULT_MAX_TILES) -> None:
+        self.settings = settings
         self.max_tiles = int(max_tiles)
         self.lock = threading.Lock()
         self._state: dict[str, Any] = {"running": False}
@@ -265,9 +314,9 @@ class WholeSlideJobs:
                 device=device,
                 amp=str(device).startswith("cuda"),
                 shard=False,
+                settings=self.settings,
                 max_tiles=self.max_tiles,
                 write_images=False,  # the answer is the polygons: no mask.tif, no thumbnail
-                **self.settings,
             )
             try:
                 summary = segmenter.segment(slide_path, region=region, progress=progress)
