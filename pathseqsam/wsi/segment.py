@@ -21,6 +21,11 @@ Per slide (:meth:`SlideSegmenter.segment`):
    renamed into place at the end, so a crash never leaves half a result and an earlier run's
    folder is never overwritten unless ``overwrite`` is set.
 
+:meth:`SlideSegmenter._segment_into` runs these as named steps (``_tissue_tiles``, ``_infer_tiles``,
+``_block_objects``, ``_write_outputs``, ``_summary``), each timed into ``summary.json``. The settings
+are :class:`SlideInferenceSettings`, the bundle's ``slide_settings`` node; the working resolution
+is the one the network's weights carry.
+
 Why not MONAI's ``PatchInferer`` + ``WSISlidingWindowSplitter``: they batch independent patches;
 a sequence whose memory carries over from tile to tile needs tiles fed in path order, one stream,
 with positions, so the tile loop is ours (the splitter's grid also leaves the slide's remainder
