@@ -95,8 +95,10 @@ def served_weights_problem(network: torch.nn.Module, path: str | os.PathLike) ->
     except (OSError, ValueError) as exc:  # not found, unreadable, keys or shapes that do not match
         return f"{exc}; retrain the bundle with its current configs, or serve the configs it was trained with"
     own_mpp = model_mpp_um_of(network)
-    if own_mpp is None:
-        return None
+    if own_mpp is None:  # a network that records no resolution: the key would be unexpected
+        return (
+            None if saved_mpp is None else f"{path} has '{MODEL_MPP_KEY}' but the bundle's network has none"
+        )
     if saved_mpp is None:
         return (
             f"{path} has no '{MODEL_MPP_KEY}': it was saved by a bundle before 0.5.0, whose training used the "

@@ -199,3 +199,12 @@ def test_weights_check_names_missing_unexpected_and_misshaped_keys(stale_server,
     assert problem.endswith(
         "retrain the bundle with its current configs, or serve the configs it was trained with"
     )
+
+    # a network that records no resolution: a file that carries one does not load strictly
+    plain = torch.nn.Linear(2, 2)
+    torch.save(plain.state_dict(), path)
+    assert served_weights_problem(plain, path) is None
+    torch.save({**plain.state_dict(), "model_mpp_um": torch.tensor(2.0, dtype=torch.float64)}, path)
+    assert (
+        served_weights_problem(plain, path) == f"{path} has 'model_mpp_um' but the bundle's network has none"
+    )
