@@ -6,6 +6,7 @@ Examples::
     python scripts/study_mechanisms.py --max-cells 4              # compute 4 more cells, then stop
     python scripts/study_mechanisms.py                            # run (or resume) the whole grid
     python scripts/study_mechanisms.py --smoke --out /tmp/smoke   # the tiny grid CI runs
+    python scripts/study_mechanisms.py --report-only              # report.md from cells.csv.gz
 
 The grid is :data:`pathseqsam.compare.study.GRID` (the protocol in
 ``docs/experiments/mechanisms/protocol.md``); its rows go to
@@ -71,12 +72,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--estimate-only", action="store_true", help="measure and print the cost, then stop")
     p.add_argument("--no-estimate", action="store_true", help="skip the cost measurement")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write report.md, report.json and the plots beside --csv from its rows, then stop",
+    )
     args = p.parse_args(argv)
     settings = SMOKE if args.smoke else GRID
     if args.smoke and args.out is None:
         p.error("--smoke needs --out (the smoke grid never writes into the study's own folders)")
     out = args.out or DEFAULT_OUT
     csv = args.csv or (out / "cells.csv.gz" if args.smoke else DEFAULT_CSV)
+    if args.report_only:
+        from pathseqsam.compare.study_report import build_report
+
+        try:
+            figures = build_report(csv, csv.parent)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        primary = figures["primary"]
+        print(
+            f"wrote {csv.parent / 'report.md'}; primary endpoint: "
+            + (
+                "not available"
+                if primary is None
+                else f"{100 * primary['value']:+.2f} ({100 * primary['low']:+.2f}..{100 * primary['high']:+.2f}) points, "
+                f"{primary['verdict']}"
+            )
+        )
+        return 0
     try:
         run_study(
             settings,

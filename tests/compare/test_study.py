@@ -108,3 +108,11 @@ def test_records_name_the_code_and_a_resume_refuses_other_code(smoke, capsys):
     err = capsys.readouterr().err
     assert str(first) in err and "never mixes cells from different model/training code" in err
     write_cell(first, record, rows)  # put it back for the other tests
+
+
+def test_report_from_the_smoke_rows(smoke, capsys):
+    out = smoke[0]
+    assert main(["--smoke", "--out", str(out), "--report-only"]) == 0
+    assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+    assert "# Mechanisms study: report" in (out / "report.md").read_text()
+    assert main(["--smoke", "--out", str(out / "none"), "--report-only"]) == 2
