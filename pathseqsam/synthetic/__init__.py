@@ -8,6 +8,8 @@ Modules:
   (``python -m pathseqsam.synthetic --out DIR``);
 * :mod:`~pathseqsam.synthetic.tissue`: the 3D tissue model (compartments, glomeruli) and its stain rendering;
 * :mod:`~pathseqsam.synthetic.degrade`: section damage (folds, tears, blur, stain and exposure faults);
+* :mod:`~pathseqsam.synthetic.dials`: the mechanisms study's dials (spacing, damage bursts,
+  misregistration), each with a null setting and its own random stream;
 * :mod:`~pathseqsam.synthetic.contact_sheet`: one picture of a case's sections with their masks.
 """
 

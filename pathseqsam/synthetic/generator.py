@@ -22,6 +22,13 @@ The KPIs layout has no z axis: section ``i`` of a case at depth ``z`` is written
 distances and orders the patches in cutting order. Training cases use ``70_101``-style folders,
 validation and test cases ``70-107``; even cases carry the class prefix in file names, odd ones not.
 
+With ``dials`` (:mod:`pathseqsam.synthetic.dials`: spacing, damage bursts, misregistration) the
+study's generator is used instead: every random quantity of a case from its own stream, sub-pixel
+depths, glomeruli at a constant density, damage as a Markov chain, an independent pose per section;
+the settings are recorded in ``synthetic_meta.json`` and in every datalist item (``dials``).
+``honest_masks`` clears the truth where a tear or a loss left bare glass. Without them (the default)
+the dataset is byte for byte what this generator always wrote.
+
 Everything is a deterministic function of ``seed`` (case ``k`` depends only on ``seed`` and ``k``).
 The dataset is built in a hidden sibling folder and moved into place at the end, so an interrupted
 run leaves nothing half-written.
