@@ -393,6 +393,31 @@ def _evaluate(
     return rows
 
 
+_DETERMINISM = "$monai.utils.set_determinism(seed=0)"
+
+
+def _seeded_initialize(files: Sequence[Path], seed: int) -> list[str]:
+    """The config's ``initialize`` list with its ``set_determinism(seed=0)`` set to the cell's seed.
+
+    The network is built while the workflow initialises, right after that list runs, so the seed
+    must be in it (setting it afterwards leaves every seed with seed 0's initial weights).
+
+    Raises:
+        ValueError: the config no longer seeds in ``initialize`` (the study cannot seed it then).
+    """
+    initialize = None
+    for path in files:  # the last file that sets it wins, as in MONAI's config merge
+        content = json.loads(Path(path).read_text())
+        if "initialize" in content:
+            initialize = content["initialize"]
+    if not isinstance(initialize, list) or _DETERMINISM not in initialize:
+        raise ValueError(
+            f"{[p.name for p in files]}: 'initialize' has no {_DETERMINISM!r}; the study seeds each cell by "
+            "replacing it, so add it back or update pathseqsam.compare.study"
+        )
+    return [f"$monai.utils.set_determinism(seed={int(seed)})" if e == _DETERMINISM else e for e in initialize]
+
+
 def _time_iterations(engine: Any) -> list[float]:
     """Wall time of each iteration of ``engine`` (filled while it runs)."""
     from ignite.engine import Events
@@ -435,7 +460,6 @@ def run_cell(
     """
     import gc
 
-    import monai
     import torch
 
     from pathseqsam.compare.runner import RunSettings, _workflow, count_parameters
@@ -449,9 +473,8 @@ def run_cell(
     work.mkdir(parents=True)
     files = [configs / "train.json", *variants[arm].overlays]
     overrides = _overrides(settings, configs, data["train"][seed], work, device)
+    overrides["initialize"] = _seeded_initialize(files, seed)
     workflow = _workflow(RunSettings(configs_dir=configs, out_dir=work), files, overrides)
-    # the config's own initialize fixed seed 0; the study's seed decides initialisation and data order
-    monai.utils.set_determinism(seed=int(seed))
     network = workflow.parser.get_parsed_content("network")
     trainable, total = count_parameters(network)
     trainer = workflow.parser.get_parsed_content("train#trainer")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -116,3 +117,28 @@ def test_report_from_the_smoke_rows(smoke, capsys):
     assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
     assert "# Mechanisms study: report" in (out / "report.md").read_text()
     assert main(["--smoke", "--out", str(out / "none"), "--report-only"]) == 2
+
+
+def test_the_seed_sets_the_initial_weights(smoke):
+    """The network is built while the workflow initialises: the cell's seed must be in force then."""
+    from pathlib import Path
+
+    import torch
+
+    from pathseqsam.compare.runner import RunSettings, _workflow
+    from pathseqsam.compare.study import _overrides, _seeded_initialize
+
+    configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+    datalist = smoke[0] / "data" / "train_seed0" / "study_train.json"
+    weights = []
+    for seed in (0, 1, 0):
+        overrides = _overrides(SMOKE, configs, datalist, smoke[0] / "probe", None)
+        overrides["initialize"] = _seeded_initialize([configs / "train.json"], seed)
+        workflow = _workflow(
+            RunSettings(configs_dir=configs, out_dir=smoke[0] / "probe"), [configs / "train.json"], overrides
+        )
+        net = workflow.parser.get_parsed_content("network")
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters() if p.requires_grad]))
+    assert not torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
+    with pytest.raises(ValueError, match=re.escape("has no '$monai.utils.set_determinism(seed=0)'")):
+        _seeded_initialize([configs / "evaluate.json"], 1)
