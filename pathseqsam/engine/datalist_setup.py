@@ -45,6 +45,11 @@ def _same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+def _demo_image_size(image_size: int, field_um: float, demo_mpp_um: float | None) -> int:
+    """The demo's image side in pixels: ``field_um / demo_mpp_um`` when a pixel size is given."""
+    return image_size if demo_mpp_um is None else round(field_um / float(demo_mpp_um))
+
+
 def demo_command(
     dataset_dir: str | os.PathLike,
     cases: int = 10,
@@ -72,8 +77,7 @@ def demo_command(
     Returns:
         The command line (``python -m pathseqsam.synthetic ...``), quoted for a POSIX shell.
     """
-    if demo_mpp_um is not None:
-        image_size = round(field_um / float(demo_mpp_um))
+    image_size = _demo_image_size(image_size, field_um, demo_mpp_um)
     args = ["--out", str(dataset_dir), "--cases", str(cases), "--seed", str(seed)]
     args += ["--image-size", str(image_size), "--field-um", f"{float(field_um):g}"]
     args += ["--difficulty", difficulty, "--workers", str(workers)]
@@ -154,8 +158,7 @@ def prepare_datalist(
             f"{path} not found: the demo folder {root} {state}. The training job generates it: run it first "
             f"({_train_command(demo_dir)}), or make only the demo set with: {made_by}"
         )
-    if demo_mpp_um is not None:
-        image_size = round(field_um / float(demo_mpp_um))
+    image_size = _demo_image_size(image_size, field_um, demo_mpp_um)
     logger.info(
         "%s is empty: generating the synthetic demo set (%d cases, seed %d, %s)",
         root,
