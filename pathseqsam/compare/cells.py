@@ -1,6 +1,6 @@
 """Cells of the mechanisms study: one trained (arm, seed) with its evaluations, saved once finished.
 
-A cell's file ``<out>/cells/<arm>__seed<k>.json.gz`` holds its record (arm, seed, git commit, the
+A cell's file ``<cells>/<arm>__seed<k>.json.gz`` holds its record (arm, seed, git commit, the
 code fingerprint, the data fingerprint, timings) and one row per evaluated slice
 (:data:`CELL_COLUMNS`). It is written atomically when the cell has finished, so a cell file either
 exists complete or not at all; a rerun of the grid skips every cell whose file exists, after checking
@@ -111,9 +111,9 @@ def git_commit(root: str | Path) -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def cell_path(out_dir: str | Path, arm: str, seed: int) -> Path:
-    """Where cell (``arm``, ``seed``) is saved."""
-    return Path(out_dir) / "cells" / f"{arm}__seed{int(seed)}.json.gz"
+def cell_path(cells_dir: str | Path, arm: str, seed: int) -> Path:
+    """Where cell (``arm``, ``seed``) is saved in the cell store ``cells_dir``."""
+    return Path(cells_dir) / f"{arm}__seed{int(seed)}.json.gz"
 
 
 def _gzip_bytes(text: str) -> bytes:

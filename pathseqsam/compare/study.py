@@ -17,7 +17,7 @@ Evaluation (per slice, at the slice's own pixel grid, after the bundle's post-pr
 Layout of ``out_dir``::
 
     data/train_seed<k>/, data/test_<set>/   generated once (datalists study_train.json / study_test.json)
-    cells/<arm>__seed<k>.json.gz             finished cells (record + rows)
+    cells/<arm>__seed<k>.json.gz             finished cells (record + rows), unless ``cells_dir`` is given
     models/<arm>__seed<k>.pt                 the final weights of each cell
     cost.json                                the measured unit costs and the extrapolated grid cost
 """
@@ -649,6 +649,7 @@ def run_study(
     estimate: bool = True,
     estimate_only: bool = False,
     repo_root: str | Path | None = None,
+    cells_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the grid: finished cells are skipped, new ones saved as they finish.
 
@@ -662,6 +663,8 @@ def run_study(
         estimate: measure and print the cost first.
         estimate_only: print the cost and stop.
         repo_root: the tree whose code is fingerprinted (default: the one holding ``configs``).
+        cells_dir: the cell store (default ``<out_dir>/cells``). The full grid keeps it in the
+            repository, so a grid longer than one session resumes on another machine.
 
     Returns:
         ``{"computed": [...], "skipped": [...], "remaining": [...], "csv": path, "estimate": ...}``.
@@ -671,15 +674,16 @@ def run_study(
     """
     settings.check()
     out_dir, configs = Path(out_dir).absolute(), Path(configs).absolute()
+    store = Path(cells_dir).absolute() if cells_dir is not None else out_dir / "cells"
     root = Path(repo_root) if repo_root is not None else configs.parents[1]
     expected_code = code_fingerprint(root)
     cells = settings.cells()
-    done = {key for key in cells if cell_path(out_dir, *key).is_file()}
+    done = {key for key in cells if cell_path(store, *key).is_file()}
     # refuse mixed code before any work: every finished cell must come from this code and settings
     for key in sorted(done):
-        record, _ = read_cell(cell_path(out_dir, *key))
+        record, _ = read_cell(cell_path(store, *key))
         check_cell(
-            cell_path(out_dir, *key),
+            cell_path(store, *key),
             record,
             {"code_sha256": expected_code, "settings": _settings_record(settings)},
         )
@@ -699,7 +703,7 @@ def run_study(
     computed, skipped = [], []
     started, spent = time.perf_counter(), []
     for n, (arm, seed) in enumerate(cells, 1):
-        path = cell_path(out_dir, arm, seed)
+        path = cell_path(store, arm, seed)
         if path.is_file():
             record, _ = read_cell(path)
             check_cell(path, record, {"data_sha256": data["data_sha256"][seed]})
@@ -721,15 +725,15 @@ def run_study(
         write_cell(path, record, rows)
         computed.append((arm, seed))
         spent.append(time.perf_counter() - t0)
-        _gather(settings, out_dir, csv_path)
-        left = [c for c in cells if not cell_path(out_dir, *c).is_file()]
+        _gather(settings, store, csv_path)
+        left = [c for c in cells if not cell_path(store, *c).is_file()]
         eta = _eta(left, computed, spent, cost)
         _say(
             f"cell {n}/{len(cells)} {arm} seed {seed}: done in {spent[-1] / 60:.1f} min "
             f"({len(cells) - len(left)}/{len(cells)} finished; {len(left)} left, ETA {eta})"
         )
-    remaining = [c for c in cells if not cell_path(out_dir, *c).is_file()]
-    csv_file = _gather(settings, out_dir, csv_path)
+    remaining = [c for c in cells if not cell_path(store, *c).is_file()]
+    csv_file = _gather(settings, store, csv_path)
     _say(f"{len(computed)} cells computed, {len(skipped)} skipped, {len(remaining)} left; rows in {csv_file}")
     _say(f"elapsed {(time.perf_counter() - started) / 60:.1f} min")
     return {
@@ -758,10 +762,10 @@ def _eta(
     return f"{seconds / 3600:.1f} h" if seconds > 5400 else f"{seconds / 60:.0f} min"
 
 
-def _gather(settings: StudySettings, out_dir: Path, csv_path: str | Path) -> Path:
+def _gather(settings: StudySettings, store: Path, csv_path: str | Path) -> Path:
     rows: list[dict[str, Any]] = []
     for key in settings.cells():
-        path = cell_path(out_dir, *key)
+        path = cell_path(store, *key)
         if path.is_file():
             rows += read_cell(path)[1]
     return write_cells_csv(csv_path, rows)

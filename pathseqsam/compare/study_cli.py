@@ -9,7 +9,9 @@ Examples::
     python scripts/study_mechanisms.py --report-only              # report.md from cells.csv.gz
 
 The grid is :data:`pathseqsam.compare.study.GRID` (the protocol in
-``docs/experiments/mechanisms/protocol.md``); its rows go to
+``docs/experiments/mechanisms/protocol.md``). Its finished cells are kept in the repository, in
+``docs/experiments/mechanisms/cells/``, so a grid longer than one session is committed cell by cell
+and resumes on another machine (the generated data and the weights stay in ``--out``); its rows go to
 ``docs/experiments/mechanisms/cells.csv.gz``. A rerun skips finished cells and refuses cells made by
 other model or training code.
 """
@@ -24,10 +26,11 @@ from pathlib import Path
 from pathseqsam.compare.cells import CellMismatchError
 from pathseqsam.compare.study import GRID, SMOKE, run_study
 
-__all__ = ["DEFAULT_CSV", "DEFAULT_OUT", "main"]
+__all__ = ["DEFAULT_CELLS", "DEFAULT_CSV", "DEFAULT_OUT", "main"]
 
 DEFAULT_OUT = Path("outputs/study_mechanisms")
 DEFAULT_CSV = Path("docs/experiments/mechanisms/cells.csv.gz")
+DEFAULT_CELLS = Path("docs/experiments/mechanisms/cells")
 
 
 def _configs(arg: Path | None) -> Path:
@@ -64,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"gathered rows (default {DEFAULT_CSV}; smoke: <out>/cells.csv.gz)",
     )
     p.add_argument(
+        "--cells",
+        type=Path,
+        default=None,
+        help=f"cell store (default {DEFAULT_CELLS}; smoke: <out>/cells)",
+    )
+    p.add_argument(
         "--configs", type=Path, default=None, help="bundle configs folder (default bundle/configs)"
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the config's)")
@@ -83,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--smoke needs --out (the smoke grid never writes into the study's own folders)")
     out = args.out or DEFAULT_OUT
     csv = args.csv or (out / "cells.csv.gz" if args.smoke else DEFAULT_CSV)
+    cells = args.cells or (out / "cells" if args.smoke else DEFAULT_CELLS)
     if args.report_only:
         from pathseqsam.compare.study_report import build_report
 
@@ -112,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_cells=args.max_cells,
             estimate=not args.no_estimate,
             estimate_only=args.estimate_only,
+            cells_dir=cells,
         )
     except (CellMismatchError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -32,7 +32,7 @@ def smoke(tmp_path_factory):
     """The smoke grid interrupted after its first cell (a partial grid), then rerun to the end."""
     out = tmp_path_factory.mktemp("study") / "smoke"
     assert main(["--smoke", "--out", str(out), "--no-estimate", "--max-cells", "1"]) == 0
-    first = cell_path(out, *SMOKE.cells()[0])
+    first = cell_path(out / "cells", *SMOKE.cells()[0])
     assert first.is_file() and len(list((out / "cells").glob("*.json.gz"))) == 1
     stamp, content = first.stat().st_mtime_ns, first.read_bytes()
     assert main(["--smoke", "--out", str(out), "--no-estimate"]) == 0
