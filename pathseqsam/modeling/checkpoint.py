@@ -21,7 +21,7 @@ from pathseqsam.modeling.resolution import MODEL_MPP_KEY
 __all__ = ["PATHSEQSAM_NEW_KEYS", "load_sam2_checkpoint", "read_sam2_state_dict"]
 
 # Parameters PathSeqSAM adds on top of SAM2; an official checkpoint does not have them.
-PATHSEQSAM_NEW_KEYS = ("distance_kernel.raw_lambda",)
+PATHSEQSAM_NEW_KEYS = ("distance_kernel.raw_lambda", "slide_distance_kernel.raw_lambda")
 
 
 def _short(keys: Iterable[str], limit: int = 8) -> str:

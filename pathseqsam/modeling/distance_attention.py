@@ -31,6 +31,8 @@ from sam2.modeling.position_encoding import apply_rotary_enc
 from sam2.modeling.sam.transformer import RoPEAttention
 from torch import Tensor, nn
 
+from pathseqsam.modeling.slide_memory import axial_rope_at
+
 __all__ = [
     "DISTANCE_MODES",
     "DistanceAwareRoPEAttention",
@@ -84,26 +86,34 @@ class DistanceKernel(nn.Module):
 
 
 class DistanceAwareRoPEAttention(RoPEAttention):
-    """SAM2's ``RoPEAttention`` with a per-key factor (Eq. 1) or a per-key logit bias.
+    """SAM2's ``RoPEAttention`` with a per-key factor (Eq. 1), a per-key logit bias, and keys at
+    their own positions.
 
     The factor/bias for the current call is set by :meth:`key_weighting`; outside that context,
-    or with ``None``, it is SAM2's attention unchanged. It adds no parameters, so SAM2 checkpoints
-    load into it as into ``RoPEAttention``.
+    or with ``None``, it is SAM2's attention unchanged. ``key_xy`` places the rotary keys at given
+    token positions of the query's grid instead of SAM2's repeat of the query grid (whole-slide
+    tiles: a memory tile's keys sit at its offset, :mod:`pathseqsam.modeling.slide_memory`). It adds
+    no parameters, so SAM2 checkpoints load into it as into ``RoPEAttention``.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._key_scale: Tensor | None = None
         self._key_bias: Tensor | None = None
+        self._key_xy: Tensor | None = None
 
     @contextmanager
-    def key_weighting(self, scale: Tensor | None = None, bias: Tensor | None = None) -> Iterator[None]:
-        """Apply ``scale`` (multiplies keys) or ``bias`` (added to logits), both ``[B, Nk]``, inside."""
-        self._key_scale, self._key_bias = scale, bias
+    def key_weighting(
+        self, scale: Tensor | None = None, bias: Tensor | None = None, key_xy: Tensor | None = None
+    ) -> Iterator[None]:
+        """Inside: ``scale`` multiplies keys and ``bias`` is added to the logits (both ``[B, Nk]``);
+        ``key_xy`` ``[B, Nk_rope, 2]`` gives the ``(x, y)`` token position at which each rotary key is
+        rotated (Nk_rope: the keys before ``num_k_exclude_rope``)."""
+        self._key_scale, self._key_bias, self._key_xy = scale, bias, key_xy
         try:
             yield
         finally:
-            self._key_scale, self._key_bias = None, None
+            self._key_scale, self._key_bias, self._key_xy = None, None, None
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0) -> Tensor:
         # Same steps as RoPEAttention.forward; the only change is the key weighting before SDPA.
@@ -118,9 +128,13 @@ class DistanceAwareRoPEAttention(RoPEAttention):
         if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
             raise ValueError("cross-attention with different q/k lengths needs rope_k_repeat=True")
         num_k_rope = k.size(-2) - num_k_exclude_rope
-        q, k_rope = apply_rotary_enc(
-            q, k[:, :, :num_k_rope], freqs_cis=self.freqs_cis, repeat_freqs_k=self.rope_k_repeat
-        )
+        if self._key_xy is None:
+            q, k_rope = apply_rotary_enc(
+                q, k[:, :, :num_k_rope], freqs_cis=self.freqs_cis, repeat_freqs_k=self.rope_k_repeat
+            )
+        else:  # queries on their grid as in SAM2; every key at its own position
+            q, _ = apply_rotary_enc(q, k[:, :, :0], freqs_cis=self.freqs_cis)
+            k_rope = self._rotate_keys_at(k[:, :, :num_k_rope], self._key_xy)
         k = torch.cat([k_rope, k[:, :, num_k_rope:]], dim=2)
 
         attn_mask = None
@@ -135,6 +149,18 @@ class DistanceAwareRoPEAttention(RoPEAttention):
         dropout_p = self.dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         return self.out_proj(self._recombine_heads(out))
+
+    def _rotate_keys_at(self, k: Tensor, key_xy: Tensor) -> Tensor:
+        """Rotate ``k`` ``[B, heads, Nk, d]`` by SAM2's axial RoPE at ``key_xy`` ``[B, Nk, 2]``."""
+        if key_xy.shape != (k.shape[0], k.shape[2], 2):
+            raise ValueError(
+                f"key_xy has shape {tuple(key_xy.shape)}, expected [batch, rotary keys, 2] = {(k.shape[0], k.shape[2], 2)}"
+            )
+        cis = axial_rope_at(
+            key_xy[..., 0], key_xy[..., 1], dim=k.shape[-1], theta=self.compute_cis.keywords["theta"]
+        )  # [B, Nk, d / 2]
+        k_c = torch.view_as_complex(k.float().reshape(*k.shape[:-1], -1, 2))
+        return torch.view_as_real(k_c * cis[:, None]).flatten(3).type_as(k)
 
     @staticmethod
     def _check(weight: Tensor, k: Tensor) -> None:

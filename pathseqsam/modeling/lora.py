@@ -92,7 +92,7 @@ def configure_trainable(
             trainable = True
         if frozen and name.startswith(frozen):
             trainable = False
-        if name == "distance_kernel.raw_lambda" and getattr(model, "distance_mode", None) == "none":
+        if name.endswith("distance_kernel.raw_lambda") and getattr(model, "distance_mode", None) == "none":
             trainable = False  # unused in the "none" ablation
         if getattr(model, "memory_selection", None) == "none" and name.startswith(MEMORY_ONLY_PARAMETERS):
             trainable = False  # no memory: these never reach the mask logits

@@ -27,6 +27,7 @@ Build it with :func:`pathseqsam.build_pathseqsam`, which composes SAM2's own Hyd
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -51,9 +52,19 @@ from pathseqsam.modeling.distance_attention import (
     estimate_distances_from_features,
     pairwise_distances,
 )
+from pathseqsam.modeling.resolution import MODEL_MPP_KEY
 from pathseqsam.modeling.settings import MEMORY_SELECTIONS, PathSeqSAMSettings
+from pathseqsam.modeling.slide_memory import (
+    SlideMemoryBank,
+    grid_token_positions,
+    outside_overlap,
+    shifted_sine_pe,
+    token_offsets,
+)
 
-__all__ = ["MEMORY_ONLY_PARAMETERS", "MEMORY_SELECTIONS", "PathSeqSAM"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["MEMORY_ONLY_PARAMETERS", "MEMORY_SELECTIONS", "SLIDE_LAMBDA_KEY", "PathSeqSAM"]
 
 # Parameter-name prefixes that only serve the memory path: with ``memory_selection="none"`` they
 # never reach the mask logits, so :func:`pathseqsam.modeling.lora.configure_trainable` freezes them
@@ -68,7 +79,10 @@ MEMORY_ONLY_PARAMETERS = (
     "no_obj_ptr",
     "no_obj_embed_spatial",
     "distance_kernel.",
+    "slide_distance_kernel.",
 )
+# lambda of Eq. 1 in slide coordinates (distance in tile strides); only slide-mode networks have it
+SLIDE_LAMBDA_KEY = "slide_distance_kernel.raw_lambda"
 
 
 class PathSeqSAM(SAM2Base):
@@ -105,6 +119,11 @@ class PathSeqSAM(SAM2Base):
         self.ungated_training_masks = True
         self.encoder_chunk = settings.encoder_chunk
         self.distance_kernel = DistanceKernel(settings.distance_mode, settings.distance_lambda_init)
+        self.memory_coordinates = settings.memory_coordinates
+        if self.memory_coordinates == "slide":
+            # Eq. 1 on tiles: distances in strides, not section gaps; the section lambda is left alone
+            self.slide_distance_kernel = DistanceKernel(settings.distance_mode, settings.distance_lambda_init)
+            self._register_load_state_dict_pre_hook(_start_slide_lambda, with_module=True)
         if settings.distance_mode != "none":
             bad = [
                 i
@@ -205,6 +224,8 @@ class PathSeqSAM(SAM2Base):
         positions: Tensor | None,
         num_slices: int,
         return_aux: bool = False,
+        tile_um: float | None = None,
+        stride_um: float | None = None,
     ) -> Iterator[dict[str, Tensor]]:
         """:meth:`iter_slices` for sequences too long to hold: the images arrive chunk by chunk.
 
@@ -221,6 +242,9 @@ class PathSeqSAM(SAM2Base):
             positions: ``[B, N]`` or ``[B, N, D]`` micrometres for all ``N = num_slices`` slices, or None.
             num_slices: ``N``, the sequence length (the last slice writes no memory).
             return_aux: as in :meth:`iter_slices`.
+            tile_um: in slide coordinates, the tiles' side in micrometres (default the network's
+                ``slide_tile_um``).
+            stride_um: in slide coordinates, the tile stride (default the network's ``slide_stride_um``).
 
         Yields:
             Per slice, the dict :meth:`iter_slices` yields.
@@ -228,7 +252,7 @@ class PathSeqSAM(SAM2Base):
         n = int(num_slices)
         if n < 1:
             raise ValueError(f"num_slices must be >= 1, got {num_slices}")
-        yield from self._segment_chunks(chunks, positions, n, None, return_aux)
+        yield from self._segment_chunks(chunks, positions, n, None, return_aux, (tile_um, stride_um))
 
     def _segment_chunks(
         self,
@@ -237,11 +261,13 @@ class PathSeqSAM(SAM2Base):
         n: int,
         slice_prompts: list[Any] | None,
         return_aux: bool,
+        geometry: tuple[float | None, float | None] = (None, None),
     ) -> Iterator[dict[str, Tensor]]:
         """The slice loop of :meth:`iter_slices` and :meth:`iter_slice_stream`: encode each chunk
         (``encoder_chunk`` slices per image-encoder call) and segment its slices in order, with one
-        memory bank across chunks; ``slice_prompts`` holds one entry per slice (None: prompt-free)."""
-        bank = MemoryBank(self.memory_pool_size)
+        memory bank across chunks; ``slice_prompts`` holds one entry per slice (None: prompt-free);
+        ``geometry`` is ``(tile_um, stride_um)`` for slide coordinates (None: the network's)."""
+        bank: MemoryBank | None = None
         state: dict[str, Any] = {"adj_count": 0, "prev_desc": None}
         pos: Tensor | None = None
         t = 0
@@ -253,6 +279,7 @@ class PathSeqSAM(SAM2Base):
             if pos is None:
                 pos = self._as_positions(positions, bsz, n, chunk.device)
                 state["adj_sum"] = chunk.new_zeros(bsz)
+                bank = self._new_bank(pos, geometry, state)
             resize = (h, w) != (self.image_size, self.image_size)
             for c0 in range(0, m, self.encoder_chunk):
                 c1 = min(m, c0 + self.encoder_chunk)
@@ -313,6 +340,10 @@ class PathSeqSAM(SAM2Base):
         mem_slices = torch.empty(bsz, 0, dtype=torch.long, device=top.device)
         if len(bank) == 0:
             pix_feat = self._no_memory_features(feats, vpos, feat_sizes)
+        elif isinstance(bank, SlideMemoryBank):
+            pix_feat, mem_slices = self._condition_on_slide_memory(
+                t, feats, vpos, feat_sizes, bank, desc, state
+            )
         else:
             adj_mean = state["adj_sum"] / max(state["adj_count"], 1)
             pix_feat, mem_slices = self._condition_on_memory(
@@ -375,7 +406,7 @@ class PathSeqSAM(SAM2Base):
                 if point_inputs is None
                 else (point_inputs["point_labels"] >= 0).any(dim=1)
             )
-            if t == 0 and self.memory_selection == "last":
+            if t == 0 and self.memory_selection == "last" and not isinstance(bank, SlideMemoryBank):
                 # SAM2 tracks from an initial conditioning frame, prompted or not: the first slice
                 # stays in memory with the conditioning slot (t_pos 0) and its pointer stays too
                 is_cond = torch.ones_like(is_cond)
@@ -521,6 +552,108 @@ class PathSeqSAM(SAM2Base):
             )
         return pix.permute(1, 2, 0).reshape(bsz, c, *feat_size), sel_slices
 
+    # ------------------------------------------------------------------ memory in slide coordinates
+    def _new_bank(
+        self, pos: Tensor, geometry: tuple[float | None, float | None], state: dict[str, Any]
+    ) -> MemoryBank:
+        """The sequence's memory bank: SAM2's recency pool, or in slide coordinates the 2D one."""
+        if self.memory_coordinates != "slide":
+            return MemoryBank(self.memory_pool_size)
+        tile_um, stride_um = geometry
+        tile_um = tile_um or self.settings.slide_tile_um
+        if tile_um is None:
+            mpp = getattr(self, MODEL_MPP_KEY, None)
+            if mpp is None:
+                raise ValueError(
+                    "memory_coordinates='slide' needs the tile side in micrometres: build the network with "
+                    "model_mpp_um (the field of view is image_size * model_mpp_um) or set slide_tile_um"
+                )
+            tile_um = self.image_size * float(mpp)
+        stride_um = stride_um or self.settings.slide_stride_um or tile_um / 2.0
+        state["tile_um"] = float(tile_um)
+        return SlideMemoryBank(pos, float(stride_um))
+
+    def _condition_on_slide_memory(
+        self,
+        t: int,
+        feats: list[Tensor],
+        vpos: list[Tensor],
+        feat_sizes: list[tuple[int, int]],
+        bank: SlideMemoryBank,
+        desc: Tensor,
+        state: dict[str, Any],
+    ) -> tuple[Tensor, Tensor]:
+        """Cross-attend tile ``t`` to its segmented neighbours, each at its offset on the slide.
+
+        Neighbours (within 1.5 strides) are ranked by Eq. 2 (``topk``) or recency (``last``); their
+        keys are rotated at their slide positions, their sine encoding shifted alike, one fixed slot
+        encoding for all; no object pointers. A batch element with no neighbour (or no memory token
+        inside its tile) takes SAM2's no-memory path.
+        """
+        bsz, c = feats[-1].shape[1], self.hidden_dim
+        hf, wf = feat_sizes[-1]
+        near = bank.neighbours(t)  # [B, P]
+        if self.memory_selection == "topk":
+            score = adaptive_memory_scores(desc, bank.stack("descriptor"), bank.stack("confidence"))
+            limit = self.memory_k
+        else:  # "last": the most recent neighbours, as many as SAM2's recent frames
+            score = bank.indices.float()[None].expand(bsz, -1)
+            limit = self.num_maskmem - 1
+        num = max(1, min(limit, int(near.sum(1).max())))
+        sel = torch.where(near, score.float(), float("-inf")).topk(num, dim=1).indices.sort(dim=1).values
+        valid = gather_entries(near, sel)  # [B, M]
+
+        offsets = token_offsets(
+            bank.positions[:, t],
+            gather_entries(bank.stack("position")[..., :2].float(), sel),
+            state["tile_um"] / wf,
+        )  # [B, M, 2] in tokens
+        mem = gather_entries(bank.stack("features"), sel)  # [B, M, HW, Cm]
+        mem_pos = shifted_sine_pe(self.memory_encoder.position_encoding, offsets, hf, wf).to(mem.dtype)
+        mem_pos = mem_pos + self.maskmem_tpos_enc[0].reshape(1, 1, 1, -1)  # the "previous frame" slot
+        gx, gy = grid_token_positions(hf, wf, mem.device)
+        key_xy = torch.stack([gx + offsets[..., 0:1], gy + offsets[..., 1:2]], dim=-1)  # [B, M, HW, 2]
+
+        hidden = ~valid[:, :, None].expand(-1, -1, hf * wf)
+        if self.settings.mask_outside_overlap:
+            hidden = hidden | outside_overlap(offsets, hf, wf)
+        has_memory = ~hidden.flatten(1).all(dim=1)  # [B]
+        # an element with nothing to see keeps its keys unmasked (no NaN) and takes the no-memory path
+        hidden = hidden & has_memory[:, None, None]
+        weighting: dict[str, Tensor] = {
+            "bias": torch.zeros(hidden.shape, device=mem.device)
+            .masked_fill(hidden, float("-inf"))
+            .flatten(1),
+            "key_xy": key_xy.flatten(1, 2),
+        }
+        if self.distance_mode != "none":
+            dist = bank.stride_distances(t, sel).repeat_interleave(hf * wf, dim=1)
+            if self.distance_mode == "multiplicative":
+                weighting["scale"] = self.slide_distance_kernel.phi(dist)
+            else:
+                weighting["bias"] = weighting["bias"] + self.slide_distance_kernel.bias(dist)
+        with ExitStack() as stack:
+            for i, layer in enumerate(self.memory_attention.layers):
+                if not isinstance(layer.cross_attn_image, DistanceAwareRoPEAttention):
+                    raise ValueError(
+                        f"memory_coordinates='slide' needs DistanceAwareRoPEAttention in memory layer {i}: "
+                        "build the model with pathseqsam.build_pathseqsam"
+                    )
+                stack.enter_context(layer.cross_attn_image.key_weighting(**weighting))
+            pix = self.memory_attention(
+                curr=feats[-1:],
+                curr_pos=vpos[-1:],
+                memory=mem.flatten(1, 2).transpose(0, 1),
+                memory_pos=mem_pos.flatten(1, 2).transpose(0, 1),
+                num_obj_ptr_tokens=0,
+            )
+        pix = pix.permute(1, 2, 0).reshape(bsz, c, hf, wf)
+        if not bool(has_memory.all()):
+            alone = self._no_memory_features(feats, vpos, feat_sizes)
+            pix = torch.where(has_memory[:, None, None, None], pix, alone)
+        sel_slices = bank.indices[sel].masked_fill(~(valid & has_memory[:, None]), -1)
+        return pix, sel_slices
+
     def _distances(
         self,
         cand: Tensor,
@@ -626,3 +759,24 @@ class PathSeqSAM(SAM2Base):
                 else {"point_coords": coords_all[:, t][:, used], "point_labels": lab[:, used]}
             )
         return out
+
+
+def _start_slide_lambda(
+    module: PathSeqSAM,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Weights trained in sequence coordinates have no ``lambda_slide``: start it at its init value."""
+    key = prefix + SLIDE_LAMBDA_KEY
+    if key not in state_dict and any(k.startswith(prefix + "memory_attention.") for k in state_dict):
+        state_dict[key] = module.slide_distance_kernel.raw_lambda.detach().clone()
+        logger.warning(
+            "these weights were trained in sequence coordinates (no %s): lambda_slide starts at %.3g",
+            SLIDE_LAMBDA_KEY,
+            float(module.slide_distance_kernel.lam),
+        )

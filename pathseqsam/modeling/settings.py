@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pathseqsam.modeling.distance_attention import DISTANCE_MODES
+from pathseqsam.modeling.slide_memory import MEMORY_COORDINATES
 
 __all__ = ["MEMORY_SELECTIONS", "PathSeqSAMSettings"]
 
@@ -38,6 +39,16 @@ class PathSeqSAMSettings:
         multimask_output: force SAM2's 3-mask output on (True) or off (False); None keeps SAM2's rule.
         encoder_chunk: slices per image-encoder call; 1 keeps inference memory flat in the sequence
             length, larger values batch the encoder (faster training on a GPU).
+        memory_coordinates: ``"sequence"`` (serial sections, KPIs patches: every memory frame covers
+            the current field, SAM2's own assumption) or ``"slide"`` (the tiles of one slide: memory
+            tiles sit at their offset on the slide, neighbours are chosen in 2D, no object pointers,
+            Eq. 1's distance is in tile strides with its own ``lambda_slide``; see
+            :mod:`~pathseqsam.modeling.slide_memory`). Positions must then be tile centres ``(x, y)``.
+        mask_outside_overlap: in slide coordinates, mask memory tokens that fall outside the current
+            tile (why: :mod:`~pathseqsam.modeling.slide_memory`).
+        slide_tile_um: tile side in micrometres for slide coordinates; None: the field of view
+            ``image_size * model_mpp_um``. The slide command passes its own.
+        slide_stride_um: tile stride, the distance unit in slide coordinates; None: half the tile.
     """
 
     memory_k: int = 5
@@ -48,6 +59,10 @@ class PathSeqSAMSettings:
     distance_lambda_init: float = 0.1
     multimask_output: bool | None = None
     encoder_chunk: int = 1
+    memory_coordinates: str = "sequence"
+    mask_outside_overlap: bool = True
+    slide_tile_um: float | None = None
+    slide_stride_um: float | None = None
 
     def __post_init__(self) -> None:
         if self.memory_selection not in MEMORY_SELECTIONS:
@@ -62,6 +77,14 @@ class PathSeqSAMSettings:
             raise ValueError(f"distance_unit_um must be > 0, got {self.distance_unit_um}")
         if self.encoder_chunk < 1:
             raise ValueError(f"encoder_chunk must be >= 1, got {self.encoder_chunk}")
+        if self.memory_coordinates not in MEMORY_COORDINATES:
+            raise ValueError(
+                f"memory_coordinates must be one of {MEMORY_COORDINATES}, got {self.memory_coordinates!r}"
+            )
+        for name in ("slide_tile_um", "slide_stride_um"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 um or None, got {value}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -747,5 +747,11 @@ class SlideSegmenter:
                 for step in self.network.iter_slices(batch):
                     yield from step["logits"][:, 0]
         else:
-            for step in self.network.iter_slice_stream(chunks, positions, num_slices=len(tiles)):
+            slide_coords = getattr(self.network, "memory_coordinates", "sequence") == "slide"
+            geometry = (
+                {"tile_um": self.settings.tile_um, "stride_um": self.settings.stride_um}
+                if slide_coords
+                else {}
+            )
+            for step in self.network.iter_slice_stream(chunks, positions, num_slices=len(tiles), **geometry):
                 yield step["logits"][0, 0]

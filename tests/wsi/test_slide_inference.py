@@ -145,6 +145,31 @@ def test_sequence_with_the_tiny_model_and_per_tile(tmp_path, make_tiny, slide_fi
             assert tif.pages[0].shape == (2048, 2048)
 
 
+def test_slide_coordinates_get_the_tiling(tmp_path, make_tiny, slide_files, monkeypatch):
+    """A slide-coordinates network is handed the run's tile side and stride; its memory indices are
+    the tiles around each one (never more than 1.5 strides away)."""
+    net = make_tiny(model_mpp_um=4.0, memory_coordinates="slide").eval()
+    seen = {}
+    stream = net.iter_slice_stream
+
+    def spy(chunks, positions, num_slices, **kwargs):
+        seen.update(kwargs, positions=positions.clone())
+        for step in stream(chunks, positions, num_slices, return_aux=True, **kwargs):
+            seen.setdefault("memory", []).append(step["memory_indices"][0].tolist())
+            yield step
+
+    monkeypatch.setattr(net, "iter_slice_stream", spy)
+    out = SlideSegmenter(net, tmp_path / "slide", model_mpp_um=4.0, chunk=4, stride_um=384.0).segment(
+        slide_files["slide"]
+    )
+    assert (seen["tile_um"], seen["stride_um"]) == (512.0, 384.0)
+    pos = seen["positions"][0]
+    for t, memory in enumerate(seen["memory"]):
+        for j in (j for j in memory if j >= 0):
+            assert j < t and torch.linalg.vector_norm(pos[j] - pos[t]) <= 1.5 * 384.0 + 1e-3
+    assert out["tiles"] == len(seen["memory"]) > 4 and any(m != [-1] * len(m) for m in seen["memory"])
+
+
 def test_stream_memory_does_not_hold_all_tiles(monkeypatch, tmp_path, make_tiny, slide_files):
     """The tiles reach the network in chunks of ``chunk``, never as one tensor."""
     net = make_tiny()
