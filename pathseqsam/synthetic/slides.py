@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pathseqsam.atomic import atomic_write
+from pathseqsam.synthetic.slide_fields import MAX_BLUR_UM, SlideFields, apply_fields, make_slide_fields
 
 __all__ = [
     "SYNTHETIC_SLIDES_META",
@@ -63,6 +64,8 @@ class SyntheticSlideScene:
         sections: rows ``(cx, cy, rx, ry, angle, a2, p2, a3, p3, a5, p5)``: centre, radii, rotation and
             the outline's wobble (relative amplitudes and phases of harmonics 2, 3, 5).
         glomeruli: rows ``(cx, cy, r)``.
+        fields: stain, thickness, focus and damage over the slide
+            (:mod:`~pathseqsam.synthetic.slide_fields`); None: uniform (the demo slides).
     """
 
     width: int
@@ -70,6 +73,7 @@ class SyntheticSlideScene:
     mpp_um: float
     sections: np.ndarray = field(default_factory=lambda: np.zeros((0, 11)))
     glomeruli: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    fields: SlideFields | None = None
 
     def _in_section(self, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
         cx, cy, rx, ry, ang, a2, p2, a3, p3, a5, p5 = s
@@ -121,6 +125,10 @@ class SyntheticSlideScene:
             tissue |= self._in_section(x, y, s)
         glom = np.zeros((height, width), bool)
         bowman = np.zeros((height, width), bool)
+        values = None if self.fields is None else self.fields.at(x, y)
+        if values is not None:  # focus: glomerulus edges soft over 2 sigma (level-0 pixels)
+            edge_px = np.maximum(2.0 * values[2] * MAX_BLUR_UM / self.mpp_um, 1e-3)
+            alpha = np.zeros((height, width), np.float32)
         g = self.glomeruli
         near = (
             (g[:, 0] + 1.2 * g[:, 2] >= reach_x0)
@@ -132,9 +140,13 @@ class SyntheticSlideScene:
             d = np.hypot(x - np.float32(cx), y - np.float32(cy))
             glom |= d < r
             bowman |= (d >= r) & (d < 1.15 * r)
+            if values is not None:
+                alpha = np.maximum(alpha, np.clip((np.float32(r) - d) / edge_px + 0.5, 0.0, 1.0))
         glom &= tissue
         if mask_only:
             return None, glom
+        if values is not None:
+            return self._render_with_fields(x, y, tissue, bowman, alpha * tissue, values), glom
         # low-frequency texture from level-0 coordinates: the same tissue at every level and tile
         tex = 0.5 + 0.25 * np.sin(x * 0.045 + np.sin(y * 0.013)) * np.cos(y * 0.037 + np.sin(x * 0.011))
         rgb = np.broadcast_to(_BACKGROUND, (height, width, 3)).copy()
@@ -142,6 +154,30 @@ class SyntheticSlideScene:
         rgb[tissue & bowman] = _BOWMAN
         rgb[glom] = _GLOMERULUS - 30.0 * tex[glom, None]
         return np.clip(rgb, 0, 255).astype(np.uint8), glom
+
+    def _render_with_fields(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        tissue: np.ndarray,
+        bowman: np.ndarray,
+        alpha: np.ndarray,
+        values: np.ndarray,
+    ) -> np.ndarray:
+        """The region's colours under the slide's factor fields (focus flattens texture, softens edges)."""
+        height, width = tissue.shape
+        sharp = (1.0 - 0.8 * values[2])[..., None]
+        tex = (0.5 + 0.25 * np.sin(x * 0.045 + np.sin(y * 0.013)) * np.cos(y * 0.037 + np.sin(x * 0.011)))[
+            ..., None
+        ]
+        tissue_rgb = _TISSUE - 40.0 * (0.5 + sharp * (tex - 0.5))
+        tissue_rgb = np.where(bowman[..., None] & (alpha[..., None] < 0.5), _BOWMAN, tissue_rgb)
+        glom_rgb = _GLOMERULUS - 30.0 * (0.5 + sharp * (tex - 0.5))
+        a = alpha[..., None]
+        rgb = np.broadcast_to(_BACKGROUND, (height, width, 3)).copy()
+        rgb = np.where(tissue[..., None], (1 - a) * tissue_rgb + a * glom_rgb, rgb)
+        rgb = apply_fields(rgb, _BACKGROUND, tissue, alpha, values, _TISSUE, _GLOMERULUS)
+        return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def make_slide_scene(
@@ -152,6 +188,8 @@ def make_slide_scene(
     n_glomeruli: int = 60,
     glomerulus_radius_um: tuple[float, float] = (40.0, 75.0),
     seed: int = 0,
+    ell_strides: float | None = None,
+    stride_um: float = 128.0,
 ) -> SyntheticSlideScene:
     """A random scene: ``n_sections`` sections in a row, ``n_glomeruli`` non-overlapping glomeruli in them.
 
@@ -163,6 +201,10 @@ def make_slide_scene(
         n_glomeruli: glomeruli to place (fewer if the sections are too small; see ``len(scene.glomeruli)``).
         glomerulus_radius_um: radius range in micrometres.
         seed: random seed.
+        ell_strides: correlation length of stain, thickness, focus and damage in tile strides
+            (:mod:`~pathseqsam.synthetic.slide_fields`); None: none of them (uniform slides). The
+            fields draw from their own seed, so the sections and glomeruli do not depend on it.
+        stride_um: the tile stride ``ell_strides`` is counted in.
 
     Returns:
         The scene.
@@ -199,6 +241,10 @@ def make_slide_scene(
                 continue
         glomeruli.append((cx, cy, r))
     scene.glomeruli = np.array(glomeruli, dtype=np.float64).reshape(-1, 3)
+    if ell_strides is not None:
+        scene.fields = make_slide_fields(
+            width, height, mpp_um, stride_um, ell_strides, np.random.SeedSequence([seed, 7919])
+        )
     return scene
 
 
@@ -284,6 +330,8 @@ def write_synthetic_task2(
     mpp_um: float = 1.0,
     n_glomeruli: int = 60,
     seed: int = 0,
+    ell_strides: float | None = None,
+    stride_um: float = 128.0,
 ) -> list[dict[str, str]]:
     """Synthetic slides in the KPIs Task 2 layout: ``root/Task2_WSI_level/synthetic/<id>_{wsi,mask}.tiff``.
 
@@ -294,6 +342,9 @@ def write_synthetic_task2(
         mpp_um: micrometres per pixel.
         n_glomeruli: glomeruli per slide.
         seed: random seed (slide ``i`` uses ``seed + i``).
+        ell_strides: correlation length of the slide-wide factors in strides (None: uniform slides);
+            see :func:`make_slide_scene`.
+        stride_um: the stride ``ell_strides`` is counted in.
 
     Returns:
         ``[{"slide": path, "mask": path}]``.
@@ -301,7 +352,15 @@ def write_synthetic_task2(
     folder = Path(root) / "Task2_WSI_level" / SYNTHETIC_SLIDE_CLASS
     out = []
     for i in range(n_slides):
-        scene = make_slide_scene(size_px, size_px, mpp_um, n_glomeruli=n_glomeruli, seed=seed + i)
+        scene = make_slide_scene(
+            size_px,
+            size_px,
+            mpp_um,
+            n_glomeruli=n_glomeruli,
+            seed=seed + i,
+            ell_strides=ell_strides,
+            stride_um=stride_um,
+        )
         slide, mask = folder / f"syn_{i:02d}_wsi.tiff", folder / f"syn_{i:02d}_mask.tiff"
         write_synthetic_slide(slide, scene, mask)
         out.append({"slide": str(slide), "mask": str(mask)})
@@ -309,7 +368,13 @@ def write_synthetic_task2(
 
 
 def ensure_synthetic_task2(
-    root: str | os.PathLike, n_slides: int = 2, size_px: int = 4096, mpp_um: float = 0.5, seed: int = 0
+    root: str | os.PathLike,
+    n_slides: int = 2,
+    size_px: int = 4096,
+    mpp_um: float = 0.5,
+    seed: int = 0,
+    ell_strides: float | None = None,
+    stride_um: float = 128.0,
 ) -> str:
     """The bundle's demo slides: write them into ``root`` unless already there; returns ``root``.
 
@@ -322,6 +387,9 @@ def ensure_synthetic_task2(
         size_px: level-0 side (4096 px at 0.5 um/px: 2 x 2 mm, a 40x-like pyramid).
         mpp_um: micrometres per pixel.
         seed: random seed.
+        ell_strides: correlation length of stain, thickness, focus and damage in strides (None:
+            uniform slides, the demo's).
+        stride_um: the stride ``ell_strides`` is counted in.
 
     Returns:
         ``root`` as a string.
@@ -336,10 +404,19 @@ def ensure_synthetic_task2(
         raise FileExistsError(
             f"{root}: not a synthetic slide set (no {SYNTHETIC_SLIDES_META}); refusing to write into it"
         )
-    pairs = write_synthetic_task2(root, n_slides=n_slides, size_px=size_px, mpp_um=mpp_um, seed=seed)
-    atomic_write_json(
-        marker, {"n_slides": n_slides, "size_px": size_px, "mpp_um": mpp_um, "seed": seed, "pairs": pairs}
+    pairs = write_synthetic_task2(
+        root,
+        n_slides=n_slides,
+        size_px=size_px,
+        mpp_um=mpp_um,
+        seed=seed,
+        ell_strides=ell_strides,
+        stride_um=stride_um,
     )
+    meta = {"n_slides": n_slides, "size_px": size_px, "mpp_um": mpp_um, "seed": seed, "pairs": pairs}
+    if ell_strides is not None:  # the demo's marker stays as it was
+        meta.update(ell_strides=ell_strides, stride_um=stride_um)
+    atomic_write_json(marker, meta)
     return str(root)
 
 
@@ -395,16 +472,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size-px", type=int, default=4096, help="level-0 side of each (square) slide")
     parser.add_argument("--mpp-um", type=float, default=0.5, help="micrometres per level-0 pixel")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ell-strides",
+        type=float,
+        default=None,
+        help="vary stain, thickness, focus and damage over each slide with this correlation length in "
+        "tile strides (0: cell by cell, inf: one value per slide); default: uniform slides",
+    )
+    parser.add_argument(
+        "--stride-um", type=float, default=128.0, help="the tile stride --ell-strides counts in"
+    )
     args = parser.parse_args(sys.argv[2:] if argv is None else argv)
     if args.slides < 1 or args.size_px < 512 or not args.mpp_um > 0:
         parser.error("expected --slides >= 1, --size-px >= 512 and --mpp-um > 0")
+    if (args.ell_strides is not None and args.ell_strides < 0) or not args.stride_um > 0:
+        parser.error("expected --ell-strides >= 0 (or inf) and --stride-um > 0")
     root = Path(args.out)
     if (root / SYNTHETIC_SLIDES_META).is_file():
         print(f"{root}: demo slides already there ({root / SYNTHETIC_SLIDES_META}); nothing written")
         return 0
     start = time.perf_counter()
     try:
-        ensure_synthetic_task2(root, args.slides, args.size_px, args.mpp_um, args.seed)
+        ensure_synthetic_task2(
+            root, args.slides, args.size_px, args.mpp_um, args.seed, args.ell_strides, args.stride_um
+        )
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
