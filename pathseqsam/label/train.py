@@ -66,28 +66,38 @@ _PARSER_PREFIXES = ("$", "@", "%")
 
 
 def split_for_validation(
-    datalist: list[dict[str, Any]], val_split: float
+    datalist: list[dict[str, Any]], val_split: float, group_key: str = "source"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The last ``round(n * val_split)`` items (at least one, at most ``n - 1``) validate.
+    """Hold out the last ``round(n * val_split)`` labelled images (at least one, at most ``n - 1``).
+
+    The unit is the labelled image, not the item: a whole slide's label becomes many patch items, all
+    with the slide as their ``group_key``, and they go to training or to validation together (patches
+    of one slide on both sides would judge the model on tissue it was trained on).
 
     Args:
-        datalist: labelled items, in the datastore's order.
-        val_split: fraction held out, in [0, 1).
+        datalist: items, in the datastore's order; items of one image carry the same ``group_key``
+            (an item without it is an image of its own).
+        val_split: fraction of images held out, in [0, 1).
+        group_key: the item key naming the labelled image an item comes from.
 
     Returns:
         ``(train, validation)``, both non-empty.
 
     Raises:
-        RequestRefused: fewer than two labelled items.
+        RequestRefused: fewer than two labelled images.
     """
-    n = len(datalist)
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for i, item in enumerate(datalist):
+        groups.setdefault(item.get(group_key, ("item", i)), []).append(item)
+    n = len(groups)
     if n < 2:
         raise RequestRefused(
             f"training needs at least 2 labelled images (the datastore has {n}): one to train on and "
             "one held out to judge the model before it replaces the served one"
         )
     n_val = min(max(1, round(n * val_split)), n - 1)
-    return datalist[: n - n_val], datalist[n - n_val :]
+    ordered = list(groups.values())
+    return [x for g in ordered[: n - n_val] for x in g], [x for g in ordered[n - n_val :] for x in g]
 
 
 class PathSeqSAMTrainTask(BundleTrainTask):
@@ -169,8 +179,10 @@ class PathSeqSAMTrainTask(BundleTrainTask):
             raise RuntimeError("PathSeqSAMTrainTask._fetch_datalist outside __call__")
         out: list[dict[str, Any]] = []
         for d in items:
-            if is_pyramidal_slide(d["image"]):
-                out.extend(self._slide_patches(d["image"], d["label"]))
+            if is_pyramidal_slide(d["image"]):  # one slide, many patches: split together, by slide
+                out.extend(
+                    {**p, "source": str(d["image"])} for p in self._slide_patches(d["image"], d["label"])
+                )
             else:
                 try:
                     out.append(sequence_item(d["image"], d["label"], z_spacing_um=self.z_spacing_um))
@@ -232,8 +244,11 @@ class PathSeqSAMTrainTask(BundleTrainTask):
         self, datalist: list[dict[str, Any]], request: Mapping[str, Any], shuffle: bool = False
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         train, val = split_for_validation(datalist, float(request["val_split"]))
+        images = len({item.get("source", i) for i, item in enumerate(datalist)})
         logger.info(
-            "%d labelled images: %d to train on, %d held out for validation",
+            "%d labelled images (%d items): %d items to train on, %d held out for validation "
+            "(split by image: a slide's patches stay on one side)",
+            images,
             len(datalist),
             len(train),
             len(val),

@@ -778,5 +778,5 @@ def _start_slide_lambda(
         logger.warning(
             "these weights were trained in sequence coordinates (no %s): lambda_slide starts at %.3g",
             SLIDE_LAMBDA_KEY,
-            float(module.slide_distance_kernel.lam),
+            float(module.slide_distance_kernel.lam.detach()),
         )

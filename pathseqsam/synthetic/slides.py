@@ -330,7 +330,7 @@ def write_synthetic_task2(
     mpp_um: float = 1.0,
     n_glomeruli: int = 60,
     seed: int = 0,
-    ell_strides: float | None = None,
+    ell_strides: float | Sequence[float] | None = None,
     stride_um: float = 128.0,
 ) -> list[dict[str, str]]:
     """Synthetic slides in the KPIs Task 2 layout: ``root/Task2_WSI_level/synthetic/<id>_{wsi,mask}.tiff``.
@@ -343,7 +343,7 @@ def write_synthetic_task2(
         n_glomeruli: glomeruli per slide.
         seed: random seed (slide ``i`` uses ``seed + i``).
         ell_strides: correlation length of the slide-wide factors in strides (None: uniform slides);
-            see :func:`make_slide_scene`.
+            see :func:`make_slide_scene`. A sequence: slide ``i`` takes ``ell_strides[i % len]``.
         stride_um: the stride ``ell_strides`` is counted in.
 
     Returns:
@@ -358,7 +358,9 @@ def write_synthetic_task2(
             mpp_um,
             n_glomeruli=n_glomeruli,
             seed=seed + i,
-            ell_strides=ell_strides,
+            ell_strides=ell_strides[i % len(ell_strides)]
+            if isinstance(ell_strides, Sequence)
+            else ell_strides,
             stride_um=stride_um,
         )
         slide, mask = folder / f"syn_{i:02d}_wsi.tiff", folder / f"syn_{i:02d}_mask.tiff"
@@ -373,7 +375,7 @@ def ensure_synthetic_task2(
     size_px: int = 4096,
     mpp_um: float = 0.5,
     seed: int = 0,
-    ell_strides: float | None = None,
+    ell_strides: float | Sequence[float] | None = None,
     stride_um: float = 128.0,
 ) -> str:
     """The bundle's demo slides: write them into ``root`` unless already there; returns ``root``.
@@ -415,7 +417,8 @@ def ensure_synthetic_task2(
     )
     meta = {"n_slides": n_slides, "size_px": size_px, "mpp_um": mpp_um, "seed": seed, "pairs": pairs}
     if ell_strides is not None:  # the demo's marker stays as it was
-        meta.update(ell_strides=ell_strides, stride_um=stride_um)
+        ells = list(ell_strides) if isinstance(ell_strides, Sequence) else [ell_strides]
+        meta.update(ell_strides=[None if math.isinf(e) else e for e in ells], stride_um=stride_um)
     atomic_write_json(marker, meta)
     return str(root)
 

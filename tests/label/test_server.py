@@ -619,7 +619,7 @@ def test_training_keeps_the_served_model_unless_a_held_out_score_improves(server
     # the datastore file named like a config expression was data, never code
     assert not list(server.log.parent.rglob("pwned"))
     log = server.log_tail(2000)
-    assert "4 labelled images: 3 to train on, 1 held out for validation" in log
+    assert "4 labelled images (4 items): 3 items to train on, 1 held out for validation" in log
 
     staging = server.bundle / "models" / ".monailabel_train"
     assert (staging / "checkpoint_epoch=1.pt").is_file()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -62,6 +63,7 @@ def wsi_server(tmp_path_factory, demo_checkpoint) -> Iterator[Server]:
     studies = tmp / "studies"
     studies.mkdir()
     write_test_slide(studies / "slideW.tiff")
+    shutil.copy(studies / "slideW.tiff", studies / "slideV.tiff")  # a second labelled slide to hold out
     Image.fromarray(np.full((64, 64, 3), 240, np.uint8)).save(studies / "plainP.png")
     bundle, conf = demo_bundle_conf(
         tmp, demo_checkpoint[0] / "models" / "model.pt", max_megapixels="1", max_wsi_tiles="400"
@@ -412,14 +414,15 @@ def test_training_round_trip_on_a_slide_region_label(wsi_server):
     polygons = [("Region", [(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side)])]
     polygons += [("glomerulus", circle(CENTRE, CENTRE, BORDER_RADIUS))]
     polygons += [("glomerulus", circle(CENTRE + dx, CENTRE + dy, r)) for dx, dy, r in OTHERS]
-    response = requests.put(
-        f"{srv.url}/datastore/label",
-        params={"image": "slideW", "tag": "final"},
-        files={"label": ("slideW.xml", asap_xml(polygons).encode(), "application/xml")},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text[:500]
-    assert (srv.studies / "labels" / "final" / "slideW.xml").is_file()
+    for image in ("slideW", "slideV"):
+        response = requests.put(
+            f"{srv.url}/datastore/label",
+            params={"image": image, "tag": "final"},
+            files={"label": (f"{image}.xml", asap_xml(polygons).encode(), "application/xml")},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text[:500]
+        assert (srv.studies / "labels" / "final" / f"{image}.xml").is_file()
 
     params = {"max_epochs": 1, "val_split": 0.2, "device": "cpu"}
     response = requests.post(f"{srv.url}/train/pathseqsam", json=params, timeout=60)
@@ -438,7 +441,8 @@ def test_training_round_trip_on_a_slide_region_label(wsi_server):
         "slideW.tiff: labelled region x 3396-4797, y 3396-4797 (level-0 px) -> 9 patches of 128 px at 2 um/px, 6 glomeruli"
         in log
     )
-    assert "9 labelled images: 7 to train on, 2 held out for validation" in log
+    # split by slide: the 9 patches of one slide train, the 9 of the other validate (never mixed)
+    assert "2 labelled images (18 items): 9 items to train on, 9 held out for validation" in log
     record = json.loads((srv.bundle / "models" / ".monailabel_train" / "validation.json").read_text())
     assert [v["epoch"] for v in record["validations"]] == [0, 1]  # the served model judged first
     assert all(v["val_mean_dice"] is not None for v in record["validations"])

@@ -107,3 +107,21 @@ def test_split_always_holds_one_out():
     assert split_for_validation(items, 0.0) == (items[:4], items[4:])
     assert split_for_validation(items, 0.4) == (items[:3], items[3:])
     assert split_for_validation(items, 0.99) == (items[:1], items[1:])
+
+
+def test_split_keeps_the_patches_of_a_slide_together():
+    """A slide's label becomes many patch items: they train or validate together, never both."""
+    from pathseqsam.label.requests.options import RequestRefused
+    from pathseqsam.label.train import split_for_validation
+
+    items = (
+        [{"i": k, "source": "a.svs"} for k in range(3)]
+        + [{"i": 3}]
+        + [{"i": k, "source": "b.svs"} for k in (4, 5)]
+    )
+    train, val = split_for_validation(items, 0.2)  # 3 images: one held out, the last (b.svs)
+    assert [x["i"] for x in train] == [0, 1, 2, 3] and [x["i"] for x in val] == [4, 5]
+    train, val = split_for_validation(items, 0.6)  # two images held out: the stack and b.svs
+    assert [x["i"] for x in train] == [0, 1, 2] and [x["i"] for x in val] == [3, 4, 5]
+    with pytest.raises(RequestRefused, match="at least 2 labelled images \\(the datastore has 1\\)"):
+        split_for_validation(items[:3], 0.5)  # one slide's patches are one image
