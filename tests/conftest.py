@@ -61,3 +61,28 @@ def demo_checkpoint(tmp_path_factory):
     workflow.run()
     workflow.finalize()
     return root, data
+
+
+# --------------------------------------------------------------------------- whole slides
+# small synthetic slides (2048 px), written once per session; used by tests/wsi and tests/compare
+SLIDE_SIDE = 2048  # level-0 pixels; 1 um/px, so 2 x 2 mm
+SLIDE_MPP = 1.0
+
+
+@pytest.fixture(scope="session")
+def scene():
+    from pathseqsam.synthetic.slides import make_slide_scene
+
+    return make_slide_scene(SLIDE_SIDE, SLIDE_SIDE, SLIDE_MPP, n_glomeruli=60, seed=0)
+
+
+@pytest.fixture(scope="session")
+def slide_files(tmp_path_factory: pytest.TempPathFactory, scene) -> dict:
+    """A pyramidal TIFF slide, its mask TIFF and the same slide as an Aperio SVS."""
+    from pathseqsam.synthetic.slides import write_synthetic_slide
+
+    root = tmp_path_factory.mktemp("wsi")
+    slide, mask, svs = root / "syn_00_wsi.tiff", root / "syn_00_mask.tiff", root / "aperio" / "syn_00.svs"
+    write_synthetic_slide(slide, scene, mask)
+    write_synthetic_slide(svs, scene, svs=True)
+    return {"slide": slide, "mask": mask, "svs": svs, "root": root}

@@ -123,14 +123,25 @@ def _gzip_bytes(text: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_cell(path: str | Path, record: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+def write_cell(
+    path: str | Path,
+    record: dict[str, Any],
+    rows: list[dict[str, Any]],
+    columns: Sequence[str] = CELL_COLUMNS,
+) -> Path:
     """Save a finished cell atomically (:func:`read_cell` reads it back).
 
+    Args:
+        path: the cell file.
+        record: what the cell was (arm, seed, code and data fingerprints, timings).
+        rows: its result rows.
+        columns: the columns every row must have (default the mechanism study's).
+
     Raises:
-        ValueError: a row lacks a column of :data:`CELL_COLUMNS`.
+        ValueError: a row lacks one of ``columns``.
     """
     for row in rows:
-        missing = [c for c in CELL_COLUMNS if c not in row]
+        missing = [c for c in columns if c not in row]
         if missing:
             raise ValueError(f"cell {path}: a row lacks the columns {missing}")
     data = _gzip_bytes(json.dumps({"record": record, "rows": rows}, sort_keys=True))

@@ -279,7 +279,7 @@ class PathSeqSAM(SAM2Base):
             if pos is None:
                 pos = self._as_positions(positions, bsz, n, chunk.device)
                 state["adj_sum"] = chunk.new_zeros(bsz)
-                bank = self._new_bank(pos, geometry, state)
+                bank = self._new_bank(pos, n, geometry, state)
             resize = (h, w) != (self.image_size, self.image_size)
             for c0 in range(0, m, self.encoder_chunk):
                 c1 = min(m, c0 + self.encoder_chunk)
@@ -554,10 +554,14 @@ class PathSeqSAM(SAM2Base):
 
     # ------------------------------------------------------------------ memory in slide coordinates
     def _new_bank(
-        self, pos: Tensor, geometry: tuple[float | None, float | None], state: dict[str, Any]
+        self, pos: Tensor, n: int, geometry: tuple[float | None, float | None], state: dict[str, Any]
     ) -> MemoryBank:
-        """The sequence's memory bank: SAM2's recency pool, or in slide coordinates the 2D one."""
-        if self.memory_coordinates != "slide":
+        """The sequence's memory bank: SAM2's recency pool, or in slide coordinates the 2D one.
+
+        A sequence that never reads memory (one tile, or no memory at all: per-tile inference) needs
+        no tile positions, so it gets the plain bank whatever the coordinates.
+        """
+        if self.memory_coordinates != "slide" or n == 1 or self.memory_selection == "none":
             return MemoryBank(self.memory_pool_size)
         tile_um, stride_um = geometry
         tile_um = tile_um or self.settings.slide_tile_um

@@ -238,3 +238,12 @@ def test_slide_mode_needs_tile_centres():
 def test_token_offsets_in_tokens():
     off = token_offsets(torch.tensor([[100.0, 50.0]]), torch.tensor([[[132.0, 18.0]]]), um_per_token=16.0)
     assert torch.allclose(off, torch.tensor([[[2.0, -2.0]]]))
+
+
+def test_tiles_alone_need_no_positions():
+    """Per-tile inference (one-tile sequences, or no memory) with a slide-coordinate network."""
+    net = _net(memory_coordinates="slide")
+    with torch.no_grad():
+        alone = net(_images(1)[:, :, 0])  # [B, 3, H, W]: a single tile, no positions
+        none = _net(memory_coordinates="slide", memory_selection="none")(_images(3))
+    assert alone.shape == (1, 1, 64, 64) and none.shape == (1, 1, 3, 64, 64)
