@@ -52,12 +52,11 @@ from pathseqsam.modeling.distance_attention import (
     estimate_distances_from_features,
     pairwise_distances,
 )
+from pathseqsam.modeling.memory_compression import compress_slots, grid_key_xy, pool_factors
 from pathseqsam.modeling.resolution import MODEL_MPP_KEY
 from pathseqsam.modeling.settings import MEMORY_SELECTIONS, PathSeqSAMSettings
 from pathseqsam.modeling.slide_memory import (
     SlideMemoryBank,
-    grid_token_positions,
-    outside_overlap,
     shifted_sine_pe,
     token_offsets,
 )
@@ -490,8 +489,21 @@ class PathSeqSAM(SAM2Base):
         gap = (t - sel_slices).clamp(1, self.num_maskmem - 1)
         slot = torch.where(sel_cond, torch.full_like(gap, self.num_maskmem - 1), gap - 1)
         mem_pos = gather_entries(bank.stack("pos_enc"), sel) + self.maskmem_tpos_enc[slot].squeeze(2)
-        tokens, tokens_pos = [mem.flatten(1, 2)], [mem_pos.flatten(1, 2)]
-        per_slice = [hw] * sel.shape[1]
+        key_xy = None
+        if self.settings.memory_token_um is None:
+            tokens, tokens_pos = [mem.flatten(1, 2)], [mem_pos.flatten(1, 2)]
+            per_slice = [hw] * sel.shape[1]
+        else:  # nearest slices first, each pooled to its budget
+            dist = self._distances(sel, bank, desc, key_desc, positions[:, t], adj_mean)
+            order = torch.argsort(dist + 1e-6 * (t - sel_slices).float(), dim=1)
+            sel, sel_slices, mem, mem_pos = (
+                gather_entries(x, order) for x in (sel, sel_slices, mem, mem_pos)
+            )
+            valid = None if valid is None else gather_entries(valid, order)
+            factors = self._pool_factors(sel.shape[1], feat_size)
+            xy = grid_key_xy(*feat_size, bsz, sel.shape[1], mem.device)
+            (mem_t, pos_t), key_xy, per_slice = compress_slots([mem, mem_pos], xy, factors, feat_size)
+            tokens, tokens_pos = [mem_t], [pos_t]
         weighted_slices = [sel]
 
         num_ptr_tokens = 0
@@ -527,6 +539,8 @@ class PathSeqSAM(SAM2Base):
                 weighting["scale"] = self.distance_kernel.phi(dist)
             else:
                 weighting["bias"] = self.distance_kernel.bias(dist)
+        if key_xy is not None:
+            weighting["key_xy"] = key_xy
         if any(v is not None and not bool(v.all()) for v in (valid, pvalid)):
             # last mode with batch elements keeping different numbers of slices: padding is masked out
             keep = torch.cat([valid] + ([pvalid] if pvalid is not None else []), dim=1)
@@ -615,23 +629,33 @@ class PathSeqSAM(SAM2Base):
         mem = gather_entries(bank.stack("features"), sel)  # [B, M, HW, Cm]
         mem_pos = shifted_sine_pe(self.memory_encoder.position_encoding, offsets, hf, wf).to(mem.dtype)
         mem_pos = mem_pos + self.maskmem_tpos_enc[0].reshape(1, 1, 1, -1)  # the "previous frame" slot
-        gx, gy = grid_token_positions(hf, wf, mem.device)
-        key_xy = torch.stack([gx + offsets[..., 0:1], gy + offsets[..., 1:2]], dim=-1)  # [B, M, HW, 2]
-
-        hidden = ~valid[:, :, None].expand(-1, -1, hf * wf)
-        if self.settings.mask_outside_overlap:
-            hidden = hidden | outside_overlap(offsets, hf, wf)
-        has_memory = ~hidden.flatten(1).all(dim=1)  # [B]
+        key_xy = grid_key_xy(hf, wf, bsz, sel.shape[1], mem.device) + offsets[:, :, None, :]  # [B, M, HW, 2]
+        counts = [hf * wf] * sel.shape[1]
+        if self.settings.memory_token_um is not None:  # nearest tiles first, each pooled to its budget
+            order = torch.argsort(bank.stride_distances(t, sel), dim=1)
+            sel, valid, mem, mem_pos, key_xy = (
+                gather_entries(x, order) for x in (sel, valid, mem, mem_pos, key_xy)
+            )
+            factors = self._pool_factors(sel.shape[1], (hf, wf))
+            (mem, mem_pos), key_xy, counts = compress_slots([mem, mem_pos], key_xy, factors, (hf, wf))
+        else:
+            mem, mem_pos, key_xy = mem.flatten(1, 2), mem_pos.flatten(1, 2), key_xy.flatten(1, 2)
+        slot_of = torch.repeat_interleave(
+            torch.arange(len(counts), device=mem.device), torch.tensor(counts, device=mem.device)
+        )  # [N] the memory slot of every token
+        hidden = ~valid[:, slot_of]  # [B, N]: padding slots
+        if self.settings.mask_outside_overlap:  # token (or pooled block) centres outside the current tile
+            x, y = key_xy[..., 0], key_xy[..., 1]
+            hidden = hidden | (x < -0.5) | (x >= wf - 0.5) | (y < -0.5) | (y >= hf - 0.5)
+        has_memory = ~hidden.all(dim=1)  # [B]
         # an element with nothing to see keeps its keys unmasked (no NaN) and takes the no-memory path
-        hidden = hidden & has_memory[:, None, None]
+        hidden = hidden & has_memory[:, None]
         weighting: dict[str, Tensor] = {
-            "bias": torch.zeros(hidden.shape, device=mem.device)
-            .masked_fill(hidden, float("-inf"))
-            .flatten(1),
-            "key_xy": key_xy.flatten(1, 2),
+            "bias": torch.zeros(hidden.shape, device=mem.device).masked_fill(hidden, float("-inf")),
+            "key_xy": key_xy,
         }
         if self.distance_mode != "none":
-            dist = bank.stride_distances(t, sel).repeat_interleave(hf * wf, dim=1)
+            dist = bank.stride_distances(t, sel)[:, slot_of]
             if self.distance_mode == "multiplicative":
                 weighting["scale"] = self.slide_distance_kernel.phi(dist)
             else:
@@ -647,8 +671,8 @@ class PathSeqSAM(SAM2Base):
             pix = self.memory_attention(
                 curr=feats[-1:],
                 curr_pos=vpos[-1:],
-                memory=mem.flatten(1, 2).transpose(0, 1),
-                memory_pos=mem_pos.flatten(1, 2).transpose(0, 1),
+                memory=mem.transpose(0, 1),
+                memory_pos=mem_pos.transpose(0, 1),
                 num_obj_ptr_tokens=0,
             )
         pix = pix.permute(1, 2, 0).reshape(bsz, c, hf, wf)
@@ -657,6 +681,17 @@ class PathSeqSAM(SAM2Base):
             pix = torch.where(has_memory[:, None, None, None], pix, alone)
         sel_slices = bank.indices[sel].masked_fill(~(valid & has_memory[:, None]), -1)
         return pix, sel_slices
+
+    def _pool_factors(self, slots: int, grid: tuple[int, int]) -> list[int]:
+        """Pooling factor per memory slot (nearest first) from ``memory_token_um``."""
+        mpp = getattr(self, MODEL_MPP_KEY, None)
+        if mpp is None:
+            raise ValueError(
+                "memory_token_um (micrometres per memory token) needs the network's working resolution: "
+                "build it with model_mpp_um"
+            )
+        native_um = self.image_size * float(mpp) / grid[1]
+        return pool_factors(self.settings.memory_token_um, native_um, slots, grid)
 
     def _distances(
         self,

@@ -49,6 +49,10 @@ class PathSeqSAMSettings:
         slide_tile_um: tile side in micrometres for slide coordinates; None: the field of view
             ``image_size * model_mpp_um``. The slide command passes its own.
         slide_stride_um: tile stride, the distance unit in slide coordinates; None: half the tile.
+        memory_token_um: distance-aware memory compression (off: None): micrometres per memory token
+            by distance rank, nearest first, the last value for every slice beyond (e.g.
+            ``(8, 16, 32)`` at 8 um native tokens: full resolution, 2 x 2, then 4 x 4 pooling;
+            :mod:`~pathseqsam.modeling.memory_compression`). Training-free.
     """
 
     memory_k: int = 5
@@ -63,6 +67,7 @@ class PathSeqSAMSettings:
     mask_outside_overlap: bool = True
     slide_tile_um: float | None = None
     slide_stride_um: float | None = None
+    memory_token_um: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.memory_selection not in MEMORY_SELECTIONS:
@@ -81,6 +86,13 @@ class PathSeqSAMSettings:
             raise ValueError(
                 f"memory_coordinates must be one of {MEMORY_COORDINATES}, got {self.memory_coordinates!r}"
             )
+        if self.memory_token_um is not None:
+            budget = tuple(float(v) for v in self.memory_token_um)  # a config's JSON list is fine
+            if not budget or not all(v > 0 for v in budget):
+                raise ValueError(
+                    f"memory_token_um must be positive micrometres per token, got {self.memory_token_um}"
+                )
+            object.__setattr__(self, "memory_token_um", budget)
         for name in ("slide_tile_um", "slide_stride_um"):
             value = getattr(self, name)
             if value is not None and not value > 0:
