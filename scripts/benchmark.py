@@ -38,7 +38,68 @@ from contextlib import nullcontext
 
 import torch
 
-VARIANTS = ("encoder", "sam2", "pathseqsam")
+VARIANTS = ("encoder", "sam2", "pathseqsam", "pathseqsam_compressed")
+# where a slice's time goes; "memory_self_mlp" is memory attention less its cross-attention
+COMPONENTS = ("image_encoder", "memory_self_mlp", "memory_cross", "memory_encoder", "decoder")
+STEADY_FROM = 6  # slices t >= 6 have a full memory (SAM2's 6 recent frames; K = 5 plus the first)
+
+
+class ComponentTimer:
+    """Wall time per slice spent in each part of a SAM2-style model, from forward hooks.
+
+    A slice starts at each image-encoder call (every variant encodes one slice per call). On CUDA
+    each hook synchronises, so the split is measured in a pass of its own, never in the timed runs.
+    """
+
+    def __init__(self, net: torch.nn.Module, sync) -> None:
+        self.sync, self.slice, self.handles = sync, -1, []
+        self.times: list[dict[str, float]] = []
+        parts = {
+            "image_encoder": [net.image_encoder],
+            "memory_attention": [getattr(net, "memory_attention", None)],
+            "memory_cross": [layer.cross_attn_image for layer in net.memory_attention.layers],
+            "memory_encoder": [getattr(net, "memory_encoder", None)],
+            "decoder": [net.sam_prompt_encoder, net.sam_mask_decoder],
+        }
+        for name, modules in parts.items():
+            for module in modules:
+                if module is not None:
+                    self._hook(name, module)
+
+    def _hook(self, name: str, module: torch.nn.Module) -> None:
+        start: list[float] = []
+
+        def pre(_m, _i):
+            self.sync()
+            if name == "image_encoder":
+                self.slice += 1
+                self.times.append(dict.fromkeys(("image_encoder", "memory_attention", *COMPONENTS[2:]), 0.0))
+            start.append(time.perf_counter())
+
+        def post(_m, _i, _o):
+            self.sync()
+            if self.slice >= 0:
+                self.times[self.slice][name] += time.perf_counter() - start.pop()
+
+        self.handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def split(self, steady: bool = False) -> dict[str, float]:
+        """Milliseconds per slice of each component (mean over all slices, or over t >= 6)."""
+        rows = self.times[STEADY_FROM:] if steady else self.times
+        if not rows:
+            return {}
+        out = {c: 0.0 for c in COMPONENTS}
+        for r in rows:
+            out["image_encoder"] += r["image_encoder"]
+            out["memory_cross"] += r["memory_cross"]
+            out["memory_self_mlp"] += r["memory_attention"] - r["memory_cross"]
+            out["memory_encoder"] += r["memory_encoder"]
+            out["decoder"] += r["decoder"]
+        return {c: 1e3 * v / len(rows) for c, v in out.items()}
 
 
 class PeakRSS:
@@ -69,7 +130,7 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-def _build(args):
+def _build(args, **settings):
     from pathseqsam import build_pathseqsam, merge_lora
 
     torch.manual_seed(0)
@@ -79,6 +140,8 @@ def _build(args):
         checkpoint=args.checkpoint,
         lora_rank=8,
         device=args.device,
+        model_mpp_um=args.mpp_um,
+        **settings,
     )
     # Deployment weights: LoRA folded into the encoder, as in the SAM2 variant, so the comparison
     # isolates the memory path (unmerged adapters add two small matmuls per attention projection).
@@ -91,7 +154,11 @@ def _stock_sam2(net, args):
     from pathseqsam.modeling.lora import merged_state_dict
 
     stock = instantiate_sam2(args.model, args.image_size, pathseqsam_class=False)
-    state = {k: v for k, v in merged_state_dict(net).items() if not k.startswith("distance_kernel.")}
+    state = {
+        k: v
+        for k, v in merged_state_dict(net).items()
+        if not k.startswith("distance_kernel.") and k != "model_mpp_um"
+    }
     stock.load_state_dict(state, strict=True)
     return stock.to(args.device).eval()
 
@@ -125,6 +192,7 @@ def _runners(args) -> dict:
     """variant -> run(x, positions); every variant streams (each slice's result is dropped, as a
     writer of per-slice outputs would), so what is measured is the model's own working memory."""
     net = _build(args)
+    compressed = _build(args, memory_token_um=tuple(args.memory_token_um))
     stock = _stock_sam2(net, args)
 
     def consume(stream) -> None:
@@ -135,7 +203,8 @@ def _runners(args) -> dict:
         "encoder": lambda x, p: consume(net.forward_image(x[:, :, t]) for t in range(x.shape[2])),
         "sam2": lambda x, p: consume(_run_stock(stock, x)),
         "pathseqsam": lambda x, p: consume(net.iter_slices(x, positions=p)),
-    }
+        "pathseqsam_compressed": lambda x, p: consume(compressed.iter_slices(x, positions=p)),
+    }, {"encoder": net, "sam2": stock, "pathseqsam": net, "pathseqsam_compressed": compressed}
 
 
 def _inputs(args, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +225,7 @@ def _sync(args) -> None:
 
 def memory_worker(args) -> dict:
     """Peak working memory of one variant at one length (run in a fresh process)."""
-    run = _runners(args)[args.variant]
+    run = _runners(args)[0][args.variant]
     x, pos = _inputs(args, args.n)
     cuda = torch.device(args.device).type == "cuda"
     with torch.inference_mode(), _context(args):
@@ -175,7 +244,7 @@ def memory_worker(args) -> dict:
 def time_variants(args) -> dict:
     """Seconds per slice, variants interleaved repeat by repeat (A B C A B C ...) in one process, so
     a drift of the machine's speed hits all of them alike; ratios are taken pair by pair."""
-    runners = _runners(args)
+    runners, models = _runners(args)
     out = {}
     for n in args.lengths:
         x, pos = _inputs(args, n)
@@ -190,10 +259,36 @@ def time_variants(args) -> dict:
                     _sync(args)
                     times[v].append((time.perf_counter() - t0) / n)
         out[n] = {v: statistics.median(times[v]) for v in VARIANTS}
-        out[n]["pss/sam2"] = statistics.median(a / b for a, b in zip(times["pathseqsam"], times["sam2"]))
-        out[n]["pss/enc"] = statistics.median(a / b for a, b in zip(times["pathseqsam"], times["encoder"]))
+        for name, a, b in (
+            ("pss/sam2", "pathseqsam", "sam2"),
+            ("pss/enc", "pathseqsam", "encoder"),
+            ("sam2/enc", "sam2", "encoder"),
+            ("cmp/enc", "pathseqsam_compressed", "encoder"),
+            ("cmp/pss", "pathseqsam_compressed", "pathseqsam"),
+        ):
+            out[n][name] = statistics.median(x / y for x, y in zip(times[a], times[b]))
+        out[n]["split"] = _split(runners, models, x, pos, args)
         print(f"timed N={n}", file=sys.stderr)
     return out
+
+
+def _split(runners: dict, models: dict, x: torch.Tensor, pos: torch.Tensor, args) -> dict:
+    """Per-component ms per slice of every variant (one hooked pass each, after the timed runs)."""
+    split = {}
+    with torch.inference_mode(), _context(args):
+        for v in VARIANTS:
+            timer = ComponentTimer(models[v], lambda: _sync(args))
+            try:
+                runners[v](x, pos)
+            finally:
+                timer.remove()
+            if v == "encoder":  # the encoder variant runs the image encoder only
+                timer.times = [
+                    {**r, "memory_cross": 0.0, "memory_attention": 0.0, "memory_encoder": 0.0, "decoder": 0.0}
+                    for r in timer.times
+                ]
+            split[v] = {"mean": timer.split(), "steady": timer.split(steady=True)}
+    return split
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,9 +305,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the CUDA path)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--mpp-um",
+        type=float,
+        default=0.5,
+        help="working resolution (sets the native token size; cost does not depend on it)",
+    )
+    parser.add_argument(
+        "--memory-token-um",
+        type=float,
+        nargs="+",
+        default=None,
+        help="pathseqsam_compressed's budget, um per memory token nearest first (default: native x 1, 4, 4: "
+        "the nearest slice at full resolution, the others pooled 4 x 4)",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_token_um is None:
+        native = args.image_size * args.mpp_um / (args.image_size // 16)
+        args.memory_token_um = [native, 4 * native, 4 * native]
 
     if args.variant:  # child process
         print("RESULT " + json.dumps(memory_worker(args)), flush=True)
@@ -223,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     total = len(VARIANTS) * len(args.lengths)
     for i, (n, variant) in enumerate((n, v) for n in args.lengths for v in VARIANTS):
         cmd = [sys.executable, __file__, "--variant", variant, "--n", str(n), "--model", args.model]
-        cmd += ["--image-size", str(args.image_size), "--device", args.device]
+        cmd += ["--image-size", str(args.image_size), "--device", args.device, "--mpp-um", str(args.mpp_um)]
+        cmd += ["--memory-token-um", *map(str, args.memory_token_um)]
         cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
         cmd += ["--bf16"] if args.bf16 else []
         t0 = time.time()
@@ -237,27 +350,58 @@ def main(argv: list[str] | None = None) -> None:
 
     mib = 2**20
     print(
-        f"\nmodel={args.model} image_size={args.image_size} device={args.device} bf16={args.bf16} repeats={args.repeats}"
+        f"\nmodel={args.model} image_size={args.image_size} device={args.device} bf16={args.bf16} repeats={args.repeats} "
+        f"compressed budget={args.memory_token_um} um/token"
     )
+    short = {"encoder": "enc", "sam2": "sam2", "pathseqsam": "pss", "pathseqsam_compressed": "cmp"}
     print(
-        f"{'N':>4} | {'encoder ms/slice':>16} {'sam2 ms/slice':>14} {'pathseqsam ms/slice':>19} | {'pss/sam2':>8} {'pss/enc':>8}"
-        f" | {'enc MiB':>8} {'sam2 MiB':>8} {'pss MiB':>8}"
+        f"{'N':>4} | "
+        + " ".join(f"{short[v] + ' ms':>9}" for v in VARIANTS)
+        + " | pss/sam2  pss/enc sam2/enc  cmp/enc  cmp/pss | "
+        + " ".join(f"{short[v] + ' MiB':>9}" for v in VARIANTS)
     )
     for n in args.lengths:
         t = timing[n]
-        e, sm, p = (results[(v, n)]["peak_bytes"] / mib for v in VARIANTS)
         print(
-            f"{n:>4} | {1e3 * t['encoder']:>16.2f} {1e3 * t['sam2']:>14.2f} {1e3 * t['pathseqsam']:>19.2f} | "
-            f"{t['pss/sam2']:>8.3f} {t['pss/enc']:>8.3f} | {e:>8.1f} {sm:>8.1f} {p:>8.1f}"
+            f"{n:>4} | "
+            + " ".join(f"{1e3 * t[v]:>9.2f}" for v in VARIANTS)
+            + " | "
+            + " ".join(f"{t[k]:>8.3f}" for k in ("pss/sam2", "pss/enc", "sam2/enc", "cmp/enc", "cmp/pss"))
+            + " | "
+            + " ".join(f"{results[(v, n)]['peak_bytes'] / mib:>9.1f}" for v in VARIANTS)
         )
     lo, hi = min(args.lengths), max(args.lengths)
     for v in VARIANTS:
         a, b = results[(v, lo)]["peak_bytes"], results[(v, hi)]["peak_bytes"]
-        print(f"peak memory {v:>10}: N={hi} / N={lo} = {b / max(a, 1):.3f}")
+        print(f"peak memory {v:>21}: N={hi} / N={lo} = {b / max(a, 1):.3f}")
+    print("\nwhere a slice's time goes (ms per slice, share of the variant's hooked total; steady: t >= 6)")
+    for n in args.lengths:
+        for v in VARIANTS[1:]:
+            for kind in ("mean", "steady"):
+                part = timing[n]["split"][v][kind]
+                if not part:
+                    continue
+                total = sum(part.values())
+                cells = "  ".join(f"{c} {part[c]:.2f} ({100 * part[c] / total:.0f}%)" for c in COMPONENTS)
+                print(f"N={n:<3} {v:>21} {kind:>6}: {cells}")
+        steady = {v: timing[n]["split"][v]["steady"] for v in ("pathseqsam", "pathseqsam_compressed")}
+        if all(steady.values()) and steady["pathseqsam_compressed"]["memory_cross"] > 0:
+            # both read the same K slices per step, so the cross-attention ratio is the per-frame ratio
+            ratio = steady["pathseqsam"]["memory_cross"] / steady["pathseqsam_compressed"]["memory_cross"]
+            print(f"N={n:<3} memory cross-attention per memory frame, pathseqsam / compressed: {ratio:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"timing_s_per_slice": timing, "memory": [results[k] for k in sorted(results)]}, f, indent=2
+                {
+                    "timing_s_per_slice": {
+                        n: {k: v for k, v in t.items() if k != "split"} for n, t in timing.items()
+                    },
+                    "split_ms_per_slice": {n: t["split"] for n, t in timing.items()},
+                    "memory_token_um": args.memory_token_um,
+                    "memory": [results[k] for k in sorted(results)],
+                },
+                f,
+                indent=2,
             )
 
 
