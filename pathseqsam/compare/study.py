@@ -54,6 +54,8 @@ from pathseqsam.synthetic.seeds import STUDY_TEST_SEEDS, STUDY_TRAIN_SEEDS
 
 __all__ = [
     "ARMS",
+    "COMPRESSED_ARM",
+    "COMPRESSION",
     "CONTROL_ARM",
     "GRID",
     "REFERENCES",
@@ -72,6 +74,7 @@ ARMS = ("sam2_per_slice", "sam2_memory", "memory_last", "distance_none", "pathse
 REFERENCES = ("dynunet", "swinunetr")
 CONTROL_ARM = "pathseqsam_shuffled"
 CONTROL_OF = "pathseqsam"
+COMPRESSED_ARM = "pathseqsam_compressed"
 # one test set per setting: all nulls, each dial alone, all dials (the primary endpoint's set)
 TEST_SETS = {
     "nulls": Dials(),
@@ -112,6 +115,9 @@ class StudySettings:
         glomeruli_per_mm3: density of the generated blocks.
         overrides: further bundle config overrides (plain values only).
         shuffled_control: evaluate the control with ``pathseqsam``.
+        compression_control: evaluate each trained ``pathseqsam`` model again with distance-aware
+            memory compression at this budget (``memory_token_um``, um per token nearest first) as
+            arm ``pathseqsam_compressed`` (training-free: no training of its own); None: not.
     """
 
     arms: tuple[str, ...] = ARMS
@@ -132,6 +138,7 @@ class StudySettings:
     glomeruli_per_mm3: float = GLOMERULI_PER_MM3
     overrides: dict[str, Any] = field(default_factory=dict)
     shuffled_control: bool = True
+    compression_control: tuple[float, ...] | None = None
 
     @property
     def mpp_um(self) -> float:
@@ -192,6 +199,24 @@ SMOKE = StudySettings(
     batch_size=2,
     test_seed=STUDY_TEST_SEEDS[1],
     overrides={"sam2_checkpoint": None, "model_name": "tiny"},
+)
+
+
+# Distance-aware memory compression, measured (issue: memory cost): the trained full model with and
+# without compression, 3 seeds, at 256 px (a 16 x 16 token grid: room to pool; 128 px has 8 x 8) and
+# the bundle's 2 um/px, on the nulls and all-dials test sets. Native tokens are 32 um: the nearest
+# slice keeps them, the others are pooled 4 x 4 (128 um).
+COMPRESSION = replace(
+    GRID,
+    arms=("pathseqsam",),
+    seeds=(0, 1, 2),
+    references=(),
+    reference_seeds=(),
+    test_sets=("nulls", "all"),
+    image_size=256,
+    field_um=512.0,
+    shuffled_control=False,
+    compression_control=(32.0, 128.0),
 )
 
 
@@ -513,6 +538,15 @@ def run_cell(
                 label = {"arm": CONTROL_ARM, "seed": int(seed), "dial": name}
                 rows += _evaluate(pieces, network, _shuffled(items), label, kinds)
                 slices += sum(len(it["image"]) for it in items)
+            if arm == CONTROL_OF and settings.compression_control is not None:
+                plain = network.settings  # the same weights, memory pooled to the budget
+                network.settings = replace(plain, memory_token_um=tuple(settings.compression_control))
+                try:
+                    label = {"arm": COMPRESSED_ARM, "seed": int(seed), "dial": name}
+                    rows += _evaluate(pieces, network, items, label, kinds)
+                finally:
+                    network.settings = plain
+                slices += sum(len(it["image"]) for it in items)
     eval_seconds = time.perf_counter() - t0
     workflow.finalize()
     del workflow, trainer, template, network, pieces
@@ -541,7 +575,9 @@ def run_cell(
 
 def _slices_per_cell(settings: StudySettings, arm: str) -> int:
     per_set = settings.test_cases * settings.sections
-    factor = 2 if (arm == CONTROL_OF and settings.shuffled_control) else 1
+    factor = 1
+    if arm == CONTROL_OF:
+        factor += int(settings.shuffled_control) + int(settings.compression_control is not None)
     return factor * per_set * len(settings.test_sets)
 
 

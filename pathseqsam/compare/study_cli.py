@@ -24,13 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pathseqsam.compare.cells import CellMismatchError
-from pathseqsam.compare.study import GRID, SMOKE, run_study
+from pathseqsam.compare.study import COMPRESSION, GRID, SMOKE, run_study
 
 __all__ = ["DEFAULT_CELLS", "DEFAULT_CSV", "DEFAULT_OUT", "main"]
 
 DEFAULT_OUT = Path("outputs/study_mechanisms")
 DEFAULT_CSV = Path("docs/experiments/mechanisms/cells.csv.gz")
 DEFAULT_CELLS = Path("docs/experiments/mechanisms/cells")
+# the memory-compression measurement (--grid compression): its own folders
+COMPRESSION_OUT = Path("outputs/memory_cost")
+COMPRESSION_DIR = Path("docs/experiments/memory_cost")
 
 
 def _configs(arg: Path | None) -> Path:
@@ -57,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="study_mechanisms.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--smoke", action="store_true", help="the tiny grid (two arms, two seeds, one epoch)")
+    p.add_argument(
+        "--grid",
+        choices=("mechanisms", "compression"),
+        default="mechanisms",
+        help="the mechanism study (default) or the memory-compression measurement (trained pathseqsam, "
+        "3 seeds at 256 px, compression off and on; folders docs/experiments/memory_cost/, outputs/memory_cost/)",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help=f"study folder (default {DEFAULT_OUT}; smoke: required)"
     )
@@ -87,12 +97,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write report.md, report.json and the plots beside --csv from its rows, then stop",
     )
     args = p.parse_args(argv)
-    settings = SMOKE if args.smoke else GRID
+    compression = args.grid == "compression"
+    settings = SMOKE if args.smoke else COMPRESSION if compression else GRID
+    if args.smoke and compression:
+        from dataclasses import replace
+
+        settings = replace(SMOKE, arms=("pathseqsam",), shuffled_control=False, compression_control=(64.0,))
     if args.smoke and args.out is None:
         p.error("--smoke needs --out (the smoke grid never writes into the study's own folders)")
-    out = args.out or DEFAULT_OUT
-    csv = args.csv or (out / "cells.csv.gz" if args.smoke else DEFAULT_CSV)
-    cells = args.cells or (out / "cells" if args.smoke else DEFAULT_CELLS)
+    out = args.out or (COMPRESSION_OUT if compression else DEFAULT_OUT)
+    home = COMPRESSION_DIR if compression else DEFAULT_CSV.parent
+    csv = args.csv or (out / "cells.csv.gz" if args.smoke else home / "cells.csv.gz")
+    cells = args.cells or (out / "cells" if args.smoke else home / "cells")
+    if args.report_only and compression:
+        from pathseqsam.compare.compression_report import build_compression_report
+
+        try:
+            figures = build_compression_report(csv)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {csv.parent / 'report.md'}; default may change: {figures['default_may_change']}")
+        return 0
     if args.report_only:
         from pathseqsam.compare.study_report import build_report
 

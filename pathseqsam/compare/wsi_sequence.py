@@ -27,7 +27,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from pathseqsam.compare.cells import check_cell, code_fingerprint, git_commit, r
 
 __all__ = [
     "ARMS",
+    "COMPRESSED_ARM",
     "CONTROL_ARM",
     "GRID",
     "SLIDE_COLUMNS",
@@ -49,6 +50,7 @@ __all__ = [
 
 ARMS = ("sequence", "per_tile")
 CONTROL_ARM = "sequence_shuffled"
+COMPRESSED_ARM = "sequence_compressed"
 SHUFFLE_SEED = 7000
 KPIS_MIN_OBJECT_UM2 = 5000.0  # the challenge's 20,000 px at 20x (0.5 um/px)
 KPIS_MIN_VOTES = 2
@@ -76,6 +78,8 @@ class WsiSequenceSettings:
         batch_size: blocks per iteration.
         epochs: training epochs (cosine schedule over them).
         overrides: further plain config overrides (the smoke grid's tiny model).
+        compression: evaluate each trained ``sequence`` model again with memory compression at this
+            budget (``memory_token_um``) as arm ``sequence_compressed``; None: not.
     """
 
     arms: tuple[str, ...] = ARMS
@@ -93,6 +97,7 @@ class WsiSequenceSettings:
     batch_size: int = 2
     epochs: int = 40
     overrides: dict[str, Any] = field(default_factory=dict)
+    compression: tuple[float, ...] | None = (32.0, 128.0)
 
     @property
     def tile_um(self) -> float:
@@ -340,6 +345,15 @@ def run_cell(
             rows += evaluate_slides(
                 network, settings, data["test"], work, {"arm": CONTROL_ARM, "seed": int(seed)}, shuffle=True
             )
+        if arm == "sequence" and settings.compression is not None:
+            plain = network.settings  # the same weights, memory pooled to the budget (training-free)
+            network.settings = replace(plain, memory_token_um=tuple(settings.compression))
+            try:
+                rows += evaluate_slides(
+                    network, settings, data["test"], work, {"arm": COMPRESSED_ARM, "seed": int(seed)}
+                )
+            finally:
+                network.settings = plain
     eval_seconds = time.perf_counter() - t0
     workflow.finalize()
     del workflow, network

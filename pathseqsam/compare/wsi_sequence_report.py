@@ -22,7 +22,7 @@ from pathseqsam.compare.bootstrap import Estimate, case_scores, crossed_bootstra
 __all__ = ["METRICS", "build_report", "read_slides_csv"]
 
 METRICS = ("f1_kpis", "dice_kpis", "f1", "dice")
-ARMS = ("sequence", "per_tile", "sequence_shuffled")
+ARMS = ("sequence", "per_tile", "sequence_shuffled", "sequence_compressed")
 PRIMARY_ELL = "2"
 NULL_ELL = "0"
 SMALLEST_EFFECT = 0.02  # 2 points of KPIs object F1
@@ -70,10 +70,14 @@ def build_report(csv_path: str | Path, out_dir: str | Path | None = None) -> dic
             scores, seeds, slides = case_scores(sub, present, value=metric)
             means = {a: crossed_bootstrap(scores[i]).__dict__ for i, a in enumerate(present)}
             contrasts = {}
-            for other in ("sequence", "sequence_shuffled"):
-                if other in present and "per_tile" in present:
-                    w = [1.0 if a == other else -1.0 if a == "per_tile" else 0.0 for a in present]
-                    contrasts[f"{other} - per_tile"] = crossed_bootstrap(scores, w).__dict__
+            for other, base in (
+                ("sequence", "per_tile"),
+                ("sequence_shuffled", "per_tile"),
+                ("sequence_compressed", "sequence"),
+            ):
+                if other in present and base in present:
+                    w = [1.0 if a == other else -1.0 if a == base else 0.0 for a in present]
+                    contrasts[f"{other} - {base}"] = crossed_bootstrap(scores, w).__dict__
             entry[metric] = {
                 "means": means,
                 "contrasts": contrasts,
@@ -143,8 +147,9 @@ def _markdown(figures: dict[str, Any], csv_name: str) -> str:
         f"Computed from `{csv_name}` by `python scripts/benchmark_wsi_sequence.py --report-only`; protocol in",
         "`protocol.md`. Differences in points (x 100) with 95 % intervals that resample seeds and slides.",
         "",
-        "| ell (strides) | metric | sequence | per_tile | shuffled | sequence - per_tile | shuffled - per_tile |",
-        "|---|---|---|---|---|---|---|",
+        "| ell (strides) | metric | sequence | per_tile | shuffled | sequence - per_tile | shuffled - per_tile "
+        "| compressed - sequence |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for ell in figures["ells"]:
         for metric in METRICS:
@@ -152,9 +157,10 @@ def _markdown(figures: dict[str, Any], csv_name: str) -> str:
             means = {a: f"{100 * e['means'][a]['value']:.2f}" if a in e["means"] else "n/a" for a in ARMS}
             c1 = _est(figures, ell, metric, "sequence - per_tile")
             c2 = _est(figures, ell, metric, "sequence_shuffled - per_tile")
+            c3 = _est(figures, ell, metric, "sequence_compressed - sequence")
             lines.append(
                 f"| {ell} | {metric} | {means['sequence']} | {means['per_tile']} | {means['sequence_shuffled']} "
-                f"| {_fmt(c1)} | {_fmt(c2)} |"
+                f"| {_fmt(c1)} | {_fmt(c2)} | {_fmt(c3)} |"
             )
     g, f = figures["goals"], figures["flatness"]
     tp = figures["throughput"]

@@ -142,3 +142,40 @@ def test_the_seed_sets_the_initial_weights(smoke):
     assert not torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
     with pytest.raises(ValueError, match=re.escape("has no '$monai.utils.set_determinism(seed=0)'")):
         _seeded_initialize([configs / "evaluate.json"], 1)
+
+
+def test_compression_grid_evaluates_the_trained_model_twice(tmp_path):
+    """--grid compression: the full model trained once, evaluated without and with compression."""
+    out = tmp_path / "cmp"
+    assert main(["--grid", "compression", "--smoke", "--out", str(out), "--no-estimate"]) == 0
+    rows = read_cells_csv(out / "cells.csv.gz")
+    arms = {}
+    for r in rows:
+        arms.setdefault(r["arm"], []).append((r["seed"], r["dial"], r["case"], r["slice"]))
+    assert set(arms) == {"pathseqsam", "pathseqsam_compressed"}
+    assert sorted(arms["pathseqsam"]) == sorted(arms["pathseqsam_compressed"])  # the same slices, paired
+    assert main(["--grid", "compression", "--report-only", "--csv", str(out / "cells.csv.gz")]) == 0
+    assert (out / "report.md").read_text().startswith("# Distance-aware memory compression: quality")
+
+
+@pytest.mark.parametrize(("loss", "may_change"), [(0.0, True), (0.02, False)])
+def test_compression_decision_rule(tmp_path, loss, may_change):
+    """The default may change only if the lower bound of (on - off) is >= -0.5 Dice points."""
+    from pathseqsam.compare.cells import write_cells_csv
+    from pathseqsam.compare.compression_report import build_compression_report
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(3):
+        for case in range(20):
+            base = rng.uniform(0.6, 0.9)
+            for arm, shift in (("pathseqsam", 0.0), ("pathseqsam_compressed", -loss)):
+                rows.append(
+                    dict(arm=arm, seed=seed, dial="all", case=f"c{case}", slice=0, position_um=0.0,
+                         damage_kind="none", degraded=0, truth_empty=0, pred_empty=0, dice=base + shift)
+                )  # fmt: skip
+    write_cells_csv(tmp_path / "cells.csv.gz", rows)
+    figures = build_compression_report(tmp_path / "cells.csv.gz")
+    diff = figures["sets"]["all"]["all slices"]["on - off"]
+    assert diff["value"] == pytest.approx(-loss, abs=1e-9)
+    assert figures["default_may_change"] is may_change

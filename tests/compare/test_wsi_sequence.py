@@ -58,11 +58,11 @@ def test_grid_resumes_and_writes_the_rows_and_the_report(smoke):
     rows = list(csv.DictReader((out / "slides.csv").open()))
     assert tuple(rows[0]) == SLIDE_COLUMNS
     arms = sorted({r["arm"] for r in rows})
-    assert arms == ["per_tile", "sequence", "sequence_shuffled"]
-    assert len(rows) == 3 * len(SMOKE.seeds) * len(SMOKE.ells) * SMOKE.test_slides
+    assert arms == ["per_tile", "sequence", "sequence_compressed", "sequence_shuffled"]
+    assert len(rows) == 4 * len(SMOKE.seeds) * len(SMOKE.ells) * SMOKE.test_slides
     assert all(int(r["tiles"]) > 0 and 0.0 <= float(r["dice_kpis"]) <= 1.0 for r in rows)
     record, cell_rows = read_cell(first)
-    assert record["arm"] == "sequence" and len(cell_rows) == 2 * len(SMOKE.ells)  # arm + control
+    assert record["arm"] == "sequence" and len(cell_rows) == 3 * len(SMOKE.ells)  # arm, control, compressed
     report = json.loads((out / "report.json").read_text())
     assert set(report["per_ell"]) == {"0", "inf"} and (out / "report.png").stat().st_size > 1000
     # the throughput is recomputed from the rows: tiles / network seconds per arm
