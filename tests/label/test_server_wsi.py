@@ -188,7 +188,7 @@ def test_info_and_regions_at_levels_0_and_1(wsi_server, tmp_path):
     from tests.label.test_server import _parts, _read_mask
 
     info = requests.get(f"{wsi_server.url}/info/", timeout=30).json()
-    assert info["datastore"]["total"] == 2 and "pathseqsam" in info["trainers"]
+    assert info["datastore"]["total"] == 3 and "pathseqsam" in info["trainers"]  # slideW, slideV, plainP
     assert info["pathseqsam_wsi"] == {"running": False, "max_tiles": 400}
     x0 = y0 = CENTRE - 384  # a 768 x 768 level-0 area around the border glomerulus
     masks, answers = [], []
