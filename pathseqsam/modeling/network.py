@@ -548,22 +548,7 @@ class PathSeqSAM(SAM2Base):
             mask = mask.repeat_interleave(repeats, dim=1)
             weighting["bias"] = mask if "bias" not in weighting else weighting["bias"] + mask
             sel_slices = sel_slices.masked_fill(~valid, -1)
-        with ExitStack() as stack:
-            if weighting:
-                for i, layer in enumerate(self.memory_attention.layers):
-                    if not isinstance(layer.cross_attn_image, DistanceAwareRoPEAttention):
-                        raise ValueError(
-                            f"memory cross-attention of layer {i} cannot weight or mask keys: build the "
-                            "model with pathseqsam.build_pathseqsam (DistanceAwareRoPEAttention)"
-                        )
-                    stack.enter_context(layer.cross_attn_image.key_weighting(**weighting))
-            pix = self.memory_attention(
-                curr=feats[-1:],
-                curr_pos=vpos[-1:],
-                memory=memory,
-                memory_pos=memory_pos,
-                num_obj_ptr_tokens=num_ptr_tokens,
-            )
+        pix = self._attend_memory(feats, vpos, memory, memory_pos, num_ptr_tokens, weighting)
         return pix.permute(1, 2, 0).reshape(bsz, c, *feat_size), sel_slices
 
     # ------------------------------------------------------------------ memory in slide coordinates
@@ -660,27 +645,41 @@ class PathSeqSAM(SAM2Base):
                 weighting["scale"] = self.slide_distance_kernel.phi(dist)
             else:
                 weighting["bias"] = weighting["bias"] + self.slide_distance_kernel.bias(dist)
-        with ExitStack() as stack:
-            for i, layer in enumerate(self.memory_attention.layers):
-                if not isinstance(layer.cross_attn_image, DistanceAwareRoPEAttention):
-                    raise ValueError(
-                        f"memory_coordinates='slide' needs DistanceAwareRoPEAttention in memory layer {i}: "
-                        "build the model with pathseqsam.build_pathseqsam"
-                    )
-                stack.enter_context(layer.cross_attn_image.key_weighting(**weighting))
-            pix = self.memory_attention(
-                curr=feats[-1:],
-                curr_pos=vpos[-1:],
-                memory=mem.transpose(0, 1),
-                memory_pos=mem_pos.transpose(0, 1),
-                num_obj_ptr_tokens=0,
-            )
+        pix = self._attend_memory(feats, vpos, mem.transpose(0, 1), mem_pos.transpose(0, 1), 0, weighting)
         pix = pix.permute(1, 2, 0).reshape(bsz, c, hf, wf)
         if not bool(has_memory.all()):
             alone = self._no_memory_features(feats, vpos, feat_sizes)
             pix = torch.where(has_memory[:, None, None, None], pix, alone)
         sel_slices = bank.indices[sel].masked_fill(~(valid & has_memory[:, None]), -1)
         return pix, sel_slices
+
+    def _attend_memory(
+        self,
+        feats: list[Tensor],
+        vpos: list[Tensor],
+        memory: Tensor,
+        memory_pos: Tensor,
+        num_ptr_tokens: int,
+        weighting: dict[str, Tensor],
+    ) -> Tensor:
+        """SAM2's memory attention, with ``weighting`` (key scale, bias, positions) in every layer's
+        cross-attention; ``[HW, B, C]`` out."""
+        with ExitStack() as stack:
+            if weighting:
+                for i, layer in enumerate(self.memory_attention.layers):
+                    if not isinstance(layer.cross_attn_image, DistanceAwareRoPEAttention):
+                        raise ValueError(
+                            f"memory cross-attention of layer {i} cannot weight, mask or place keys: build the "
+                            "model with pathseqsam.build_pathseqsam (DistanceAwareRoPEAttention)"
+                        )
+                    stack.enter_context(layer.cross_attn_image.key_weighting(**weighting))
+            return self.memory_attention(
+                curr=feats[-1:],
+                curr_pos=vpos[-1:],
+                memory=memory,
+                memory_pos=memory_pos,
+                num_obj_ptr_tokens=num_ptr_tokens,
+            )
 
     def _pool_factors(self, slots: int, grid: tuple[int, int]) -> list[int]:
         """Pooling factor per memory slot (nearest first) from ``memory_token_um``."""
