@@ -109,7 +109,8 @@ def slide_block_datalist(
         cols: block columns.
         tile_um: tile side (default the field of view, as the slide command).
         stride_um: tile stride (default half a tile, as the slide command).
-        val_fraction: share of slides held out for validation (at least one when there are two or more).
+        val_fraction: share of slides held out for validation (at least one when there are two or
+            more; 0: none, every slide trains, as the benchmark does without model selection).
         val_blocks_per_slide: fixed validation blocks per held-out slide (spread over its valid blocks).
         seed: seed of the slide split.
         mpp_um: the slides' micrometres per pixel when their metadata lacks it.
@@ -150,7 +151,8 @@ def slide_block_datalist(
             f"{root}: no slide has a block of {rows} x {cols} tissue tiles of {tile_um:g} um every {stride_um:g} um"
         )
     order = np.random.default_rng(seed).permutation(len(items))
-    n_val = 0 if len(items) < 2 else max(1, round(val_fraction * len(items)))
+    # at least one held-out slide when asked for any (and there are two); 0: train on every slide
+    n_val = 0 if len(items) < 2 or val_fraction == 0 else max(1, round(val_fraction * len(items)))
     val_ids = {int(i) for i in order[:n_val]}
     training = [it for k, it in enumerate(items) if k not in val_ids]
     validation = []

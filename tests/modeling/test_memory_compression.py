@@ -35,7 +35,9 @@ def test_pooled_tokens_are_block_means_at_block_centres():
         for bx in range(2):
             block = grid[2 * by : 2 * by + 2, 2 * bx : 2 * bx + 2].reshape(4, 3).mean(0)
             assert torch.allclose(pooled[0, 16 + 2 * by + bx], block, atol=1e-6)
-            assert torch.allclose(pxy[0, 16 + 2 * by + bx], torch.tensor([2 * bx + 0.5 + 10.0, 2 * by + 0.5 - 2.0]))
+            assert torch.allclose(
+                pxy[0, 16 + 2 * by + bx], torch.tensor([2 * bx + 0.5 + 10.0, 2 * by + 0.5 - 2.0])
+            )
 
 
 def test_budgets_are_micrometres_and_must_fit_the_grid():
@@ -53,7 +55,9 @@ def test_native_budget_equals_no_compression(coords):
     if coords == "sequence":
         pos = torch.tensor([[0.0, 4.0, 9.0, 11.0, 30.0, 34.0]]).expand(2, -1)
     else:
-        pos = torch.tensor([[[x * 128.0, y * 128.0] for y in range(2) for x in (range(3) if y == 0 else (2, 1, 0))]])
+        pos = torch.tensor(
+            [[[x * 128.0, y * 128.0] for y in range(2) for x in (range(3) if y == 0 else (2, 1, 0))]]
+        )
     base = _net(memory_coordinates=coords)
     native = _net(memory_coordinates=coords, memory_token_um=(NATIVE_UM,))
     native.load_state_dict(base.state_dict())

@@ -43,6 +43,10 @@ def test_datalist_splits_by_slide_and_blocks_are_read_like_inference(slides):
     train_ids = {it["id"] for it in split["training"]}
     val_ids = {it["id"] for it in split["validation"]}
     assert len(train_ids) == 2 and len(val_ids) == 1 and not train_ids & val_ids  # by slide, never by tile
+    everything = slide_block_datalist(
+        slides, model_mpp_um=2.0, image_size=128, rows=3, cols=4, val_fraction=0.0
+    )
+    assert len(everything["training"]) == 3 and everything["validation"] == []
     item = split["training"][0]
     pick = RandSlideBlockd()
     pick.set_random_state(0)
