@@ -42,6 +42,7 @@ __all__ = [
     "SlideMemoryBank",
     "axial_rope_at",
     "grid_token_positions",
+    "last_needed",
     "outside_overlap",
     "shifted_sine_pe",
     "token_offsets",
@@ -176,18 +177,13 @@ class SlideMemoryBank(MemoryBank):
         self.positions = positions[..., :2].float()
         self.stride_um = float(stride_um)
         self.reach = float(reach)
+        self.last_needed = last_needed(self.positions, self.reach * self.stride_um + 1e-3)
 
     def add(self, entry: MemoryEntry) -> None:
-        """Store a segmented tile; then drop the entries no later tile can reach (one per call)."""
+        """Store a segmented tile; then drop the entries no later tile can reach."""
         self.entries.append(entry)
-        later = self.positions[:, entry.index + 1 :]  # [B, L, 2]
-        if later.shape[1] == 0:
-            self.entries = []
-            return
-        held = self.stack("position")[..., :2].float().to(later.device)  # [B, P, 2]
-        reachable = (torch.cdist(held, later) <= self.reach * self.stride_um + 1e-3).any(dim=2)  # [B, P]
-        keep = reachable.any(dim=0).tolist()  # kept while some batch element still needs it
-        self.entries = [e for e, k in zip(self.entries, keep) if k]
+        t = entry.index
+        self.entries = [e for e in self.entries if self.last_needed[e.index] > t]
 
     def neighbours(self, t: int) -> Tensor:
         """``[B, P]`` bool: the entries within ``reach`` strides of tile ``t``."""
@@ -199,3 +195,35 @@ class SlideMemoryBank(MemoryBank):
         """``[B, M]`` distances in strides from tile ``t`` to the selected entries."""
         pos = gather_entries(self.stack("position")[..., :2].float(), sel)
         return torch.linalg.vector_norm(pos - self.positions[:, t, None], dim=-1) / self.stride_um
+
+
+def last_needed(positions: Tensor, radius_um: float) -> list[int]:
+    """For every tile ``j``, the last index ``i`` of a tile within ``radius_um`` of it (``j`` itself
+    included): after tile ``i``, tile ``j`` is no one's neighbour any more.
+
+    A spatial hash with cells of ``radius_um`` finds every pair within the radius among the 3 x 3
+    cells around a tile, so the cost is linear in the number of tiles (a slide has tens of
+    thousands), not quadratic. Batch elements are merged: a tile is needed while any element needs it.
+
+    Args:
+        positions: ``[B, N, 2]`` tile centres in micrometres.
+        radius_um: the neighbour radius.
+
+    Returns:
+        ``N`` indices.
+    """
+    pos = positions.detach().double().cpu().numpy()
+    bsz, n = pos.shape[:2]
+    out = list(range(n))
+    for b in range(bsz):
+        cells: dict[tuple[int, int], list[int]] = {}
+        keys = [(int(x // radius_um), int(y // radius_um)) for x, y in pos[b]]
+        for i, key in enumerate(keys):
+            cells.setdefault(key, []).append(i)
+        for j, (cx, cy) in enumerate(keys):
+            for dx in (-1, 0, 1):
+                for dy in (-1, 0, 1):
+                    for i in cells.get((cx + dx, cy + dy), ()):
+                        if i > out[j] and ((pos[b, i] - pos[b, j]) ** 2).sum() <= radius_um**2:
+                            out[j] = i
+    return out

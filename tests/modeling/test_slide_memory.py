@@ -247,3 +247,22 @@ def test_tiles_alone_need_no_positions():
         alone = net(_images(1)[:, :, 0])  # [B, 3, H, W]: a single tile, no positions
         none = _net(memory_coordinates="slide", memory_selection="none")(_images(3))
     assert alone.shape == (1, 1, 64, 64) and none.shape == (1, 1, 3, 64, 64)
+
+
+def test_eviction_matches_brute_force_on_shuffled_positions():
+    """The spatial-hash eviction keeps exactly the entries some later tile can still reach."""
+    pos = serpentine(5, 9)
+    pos = pos[
+        :, torch.randperm(pos.shape[1], generator=torch.Generator().manual_seed(0))
+    ]  # the control's case
+    bank = SlideMemoryBank(pos, stride_um=128.0)
+    reach = 1.5 * 128.0 + 1e-3
+    for t in range(pos.shape[1]):
+        bank.add(_entry(t, pos))
+        later = pos[0, t + 1 :]
+        expected = {
+            j
+            for j in range(t + 1)
+            if len(later) and bool((torch.linalg.vector_norm(later - pos[0, j], dim=-1) <= reach).any())
+        }
+        assert {e.index for e in bank.entries} == expected, t
