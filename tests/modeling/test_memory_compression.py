@@ -44,7 +44,9 @@ def test_budgets_are_micrometres_and_must_fit_the_grid():
     assert pool_factors((32, 64, 128), NATIVE_UM, 5, (8, 8)) == [1, 2, 4, 4, 4]
     with pytest.raises(ValueError, match="finer than the network's native token of 32 um"):
         pool_factors((8,), NATIVE_UM, 1, (8, 8))
-    with pytest.raises(ValueError, match=r"pools 3 x 3 native tokens .* does not divide the 8 x 8 token grid"):
+    with pytest.raises(
+        ValueError, match=r"pools 3 x 3 native tokens .* does not divide the 8 x 8 token grid"
+    ):
         pool_factors((96,), NATIVE_UM, 1, (8, 8))
 
 
