@@ -86,6 +86,14 @@ class MemoryBank:
         """Stack one field over entries along dim 1: ``[B, P, ...]``."""
         return torch.stack([getattr(e, field) for e in self.entries], dim=1)
 
+    def gather(self, field: str, sel: Tensor) -> Tensor:
+        """``stack(field)`` gathered at ``sel`` ``[B, M]`` without stacking the entries not selected
+        (a slide's bank holds a row of tiles; copying all their features at every tile is waste)."""
+        rows = sel.tolist()
+        return torch.stack(
+            [torch.stack([getattr(self.entries[j], field)[b] for j in row]) for b, row in enumerate(rows)]
+        )
+
     @property
     def indices(self) -> Tensor:
         """``[P]`` slice indices of the entries (on the entries' device)."""

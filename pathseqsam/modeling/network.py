@@ -611,7 +611,7 @@ class PathSeqSAM(SAM2Base):
             gather_entries(bank.stack("position")[..., :2].float(), sel),
             state["tile_um"] / wf,
         )  # [B, M, 2] in tokens
-        mem = gather_entries(bank.stack("features"), sel)  # [B, M, HW, Cm]
+        mem = bank.gather("features", sel)  # [B, M, HW, Cm]
         mem_pos = shifted_sine_pe(self.memory_encoder.position_encoding, offsets, hf, wf).to(mem.dtype)
         mem_pos = mem_pos + self.maskmem_tpos_enc[0].reshape(1, 1, 1, -1)  # the "previous frame" slot
         key_xy = grid_key_xy(hf, wf, bsz, sel.shape[1], mem.device) + offsets[:, :, None, :]  # [B, M, HW, 2]

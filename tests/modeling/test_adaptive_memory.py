@@ -175,3 +175,15 @@ def test_bank_evicts_in_the_network_when_the_sequence_is_longer_than_the_pool(ma
     for t in range(17, n):
         kept = [j for j in mem[t].tolist() if j >= 0]
         assert kept[0] == 0 and all(j >= t - 16 for j in kept[1:]), (t, kept)
+
+
+def test_bank_gather_equals_stack_then_gather():
+    from pathseqsam.modeling.adaptive_memory import MemoryBank, MemoryEntry, gather_entries
+
+    bank = MemoryBank(pool_size=8)
+    for i in range(5):
+        f = torch.randn(2, 3, 4)
+        z = torch.zeros(2, 1)
+        bank.add(MemoryEntry(i, f, f, z, z, torch.zeros(2), z, torch.zeros(2, dtype=torch.bool)))
+    sel = torch.tensor([[0, 3], [4, 1]])
+    assert torch.equal(bank.gather("features", sel), gather_entries(bank.stack("features"), sel))
