@@ -90,7 +90,8 @@ def test_checkpoint_is_sam2_format_and_loads_like_an_official_one(scripted_run):
         )
         assert torch.equal(own[name], value), key
     new = {k for k in own if "lora_" not in k and k not in state["model"] and ".base_layer." not in k}
-    assert new == set(PATHSEQSAM_NEW_KEYS)
+    # a network in sequence coordinates adds Eq. 1's lambda only (lambda_slide: slide coordinates)
+    assert new == {"distance_kernel.raw_lambda"} and new <= set(PATHSEQSAM_NEW_KEYS)
     # training changed the weights away from the seed's initialisation
     torch.manual_seed(CFG.seed)
     init = instantiate_sam2("tiny", SIZE, pathseqsam_class=False).state_dict()
