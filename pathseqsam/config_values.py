@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["config_flag"]
+__all__ = ["PARSER_PREFIXES", "config_flag", "plain_value"]
+
+# what MONAI's config parser reads as code (``$``), a reference (``@``) or a macro (``%``)
+PARSER_PREFIXES = ("$", "@", "%")
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -36,3 +39,21 @@ def config_flag(value: Any, name: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"setting {name!r} = {value!r}: expected true or false (also yes/no, on/off, 1/0)")
+
+
+def plain_value(value: str, name: str) -> str:
+    """A path or word handed to a bundle config as an override, checked to stay a plain string.
+
+    MONAI's parser evaluates a string that starts with ``$`` and resolves one that starts with ``@``
+    or ``%``; a folder named that way must never become code.
+
+    Raises:
+        ValueError: ``value`` starts with one of :data:`PARSER_PREFIXES` (the setting named).
+    """
+    text = str(value)
+    if text.startswith(PARSER_PREFIXES):
+        raise ValueError(
+            f"{name} = {text!r}: a value starting with {' '.join(PARSER_PREFIXES)} would be read as config code; "
+            "rename or move it"
+        )
+    return text

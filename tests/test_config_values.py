@@ -51,3 +51,12 @@ def test_inference_config_reads_the_word_as_meant(word, ensembled):
     parser["ensemble"] = word
     parser["bundle_root"] = str(ROOT / "bundle")
     assert isinstance(parser.get_parsed_content("inferer"), SequenceEnsembleInferer) is ensembled
+
+
+def test_plain_value_refuses_what_the_parser_would_read_as_code():
+    from pathseqsam.config_values import plain_value
+
+    assert plain_value("outputs/study", "out") == "outputs/study"
+    for bad in ("$__import__('os').system('x')", "@network", "%other.json#key"):
+        with pytest.raises(ValueError, match=r"out = .*would be read as config code"):
+            plain_value(bad, "out")

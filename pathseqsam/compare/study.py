@@ -328,6 +328,10 @@ def _damage_lookup(datalist: Path) -> dict[tuple[str, int], str]:
 def _overrides(
     settings: StudySettings, configs: Path, train_datalist: Path, work: Path, device: str | None
 ) -> dict:
+    from pathseqsam.config_values import plain_value
+
+    for name, value in (("configs", configs), ("datalist", train_datalist), ("out", work)):
+        plain_value(str(value), name)  # folders never become config code
     out = {
         "bundle_root": str(configs.parent),
         "dataset_dir": str(train_datalist.parent),

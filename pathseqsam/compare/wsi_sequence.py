@@ -290,6 +290,10 @@ def evaluate_slides(
 
 
 def _overrides(settings: WsiSequenceSettings, configs: Path, slides: str, work: Path, arm: str) -> dict:
+    from pathseqsam.config_values import plain_value
+
+    for name, value in (("configs", configs), ("slides", slides), ("out", work)):
+        plain_value(str(value), name)  # folders never become config code
     return {
         "bundle_root": str(configs.parent),
         "slides_dir": slides,
