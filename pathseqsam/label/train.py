@@ -48,6 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised in the core environme
     raise ImportError(INSTALL_HINT) from exc
 
 from pathseqsam.atomic import atomic_write_json
+from pathseqsam.config_values import PARSER_PREFIXES
 from pathseqsam.data.errors import SequenceDataError
 from pathseqsam.label.publish import publish_if_improved
 from pathseqsam.label.requests.options import RequestRefused, clean_request, options_schema, train_options
@@ -62,7 +63,7 @@ logger = logging.getLogger(__name__)
 STAGING_DIR = ".monailabel_train"
 """Checkpoint folder of MONAI Label training runs, inside the bundle's ``models/``."""
 
-_PARSER_PREFIXES = ("$", "@", "%")
+_PARSER_PREFIXES = PARSER_PREFIXES
 
 
 def split_for_validation(
