@@ -55,11 +55,7 @@ from pathseqsam.modeling.distance_attention import (
 from pathseqsam.modeling.memory_compression import compress_slots, grid_key_xy, pool_factors
 from pathseqsam.modeling.resolution import MODEL_MPP_KEY
 from pathseqsam.modeling.settings import MEMORY_SELECTIONS, PathSeqSAMSettings
-from pathseqsam.modeling.slide_memory import (
-    SlideMemoryBank,
-    shifted_sine_pe,
-    token_offsets,
-)
+from pathseqsam.modeling.slide_memory import SlideMemoryBank, outside_grid, shifted_sine_pe, token_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -630,8 +626,7 @@ class PathSeqSAM(SAM2Base):
         )  # [N] the memory slot of every token
         hidden = ~valid[:, slot_of]  # [B, N]: padding slots
         if self.settings.mask_outside_overlap:  # token (or pooled block) centres outside the current tile
-            x, y = key_xy[..., 0], key_xy[..., 1]
-            hidden = hidden | (x < -0.5) | (x >= wf - 0.5) | (y < -0.5) | (y >= hf - 0.5)
+            hidden = hidden | outside_grid(key_xy, hf, wf)
         has_memory = ~hidden.all(dim=1)  # [B]
         # an element with nothing to see keeps its keys unmasked (no NaN) and takes the no-memory path
         hidden = hidden & has_memory[:, None]

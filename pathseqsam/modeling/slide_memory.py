@@ -43,6 +43,7 @@ __all__ = [
     "axial_rope_at",
     "grid_token_positions",
     "last_needed",
+    "outside_grid",
     "outside_overlap",
     "shifted_sine_pe",
     "token_offsets",
@@ -112,8 +113,13 @@ def outside_overlap(offsets: Tensor, h: int, w: int) -> Tensor:
         (a token whose centre lands on another token's cell is inside).
     """
     gx, gy = grid_token_positions(h, w, offsets.device)
-    x = gx + offsets[..., 0:1]
-    y = gy + offsets[..., 1:2]
+    return outside_grid(torch.stack([gx + offsets[..., 0:1], gy + offsets[..., 1:2]], dim=-1), h, w)
+
+
+def outside_grid(key_xy: Tensor, h: int, w: int) -> Tensor:
+    """True where a key's position ``(x, y)`` (``[..., 2]``, tokens of the query grid; a pooled
+    block's centre) falls outside ``[-0.5, w - 0.5) x [-0.5, h - 0.5)``."""
+    x, y = key_xy[..., 0], key_xy[..., 1]
     return (x < -0.5) | (x >= w - 0.5) | (y < -0.5) | (y >= h - 0.5)
 
 
