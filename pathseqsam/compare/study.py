@@ -65,6 +65,7 @@ __all__ = [
     "StudySettings",
     "empty_rule_dice",
     "estimate_cost",
+    "eval_pieces",
     "prepare_data",
     "run_cell",
     "run_study",
@@ -367,11 +368,31 @@ def _shuffled(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def eval_pieces(parsed: Callable[[str], Any]) -> dict[str, Any]:
+    """The arm's evaluation pieces from its parsed config (``parser.get_parsed_content``): the
+    validator's device, preprocessing, inferer, batch preparation, post-processing and autocast."""
+    template = parsed("validate#evaluator")
+    return {
+        "device": parsed("device"),
+        "preprocessing": parsed("validate#preprocessing"),
+        "inferer": parsed("validate#inferer"),
+        "prepare_batch": parsed("validate#prepare_batch"),
+        "postprocessing": parsed("validate#postprocessing"),
+        "amp": template.amp,
+        "amp_kwargs": template.amp_kwargs,
+    }
+
+
 def _evaluate(
-    pieces: dict[str, Any], network: Any, items: list[dict[str, Any]], label: dict[str, Any], kinds: dict
+    pieces: dict[str, Any],
+    network: Any,
+    items: list[dict[str, Any]],
+    label: dict[str, Any],
+    kinds: dict,
+    keep_pred: list[np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the arm's own evaluation pieces (preprocessing, inferer, post-processing) on ``items``; one
-    row per slice."""
+    row per slice (and each case's thresholded ``[N, H, W]`` prediction appended to ``keep_pred``)."""
     from ignite.engine import Events
     from monai.data import DataLoader, Dataset, decollate_batch
     from monai.engines import SupervisedEvaluator
@@ -396,6 +417,8 @@ def _evaluate(
         metas = batch if isinstance(batch, list) else decollate_batch(batch, detach=True)
         for out, meta in zip(outputs, metas):
             pred = np.asarray(out["pred"].detach().cpu())[0] > 0.5
+            if keep_pred is not None:
+                keep_pred.append(pred)
             truth = np.asarray(out["label"].detach().cpu())[0] > 0.5
             case = str(meta["case"])
             index = np.asarray(meta["slice_index"]).reshape(-1)
@@ -512,17 +535,7 @@ def run_cell(
     workflow.run()
     train_seconds = time.perf_counter() - t0
     iterations = int(trainer.state.iteration)
-    parsed = workflow.parser.get_parsed_content
-    template = parsed("validate#evaluator")
-    pieces = {
-        "device": parsed("device"),
-        "preprocessing": parsed("validate#preprocessing"),
-        "inferer": parsed("validate#inferer"),
-        "prepare_batch": parsed("validate#prepare_batch"),
-        "postprocessing": parsed("validate#postprocessing"),
-        "amp": template.amp,
-        "amp_kwargs": template.amp_kwargs,
-    }
+    pieces = eval_pieces(workflow.parser.get_parsed_content)
     weights = Path(out_dir) / "models" / f"{arm}__seed{seed}.pt"
     if test_limit is None:
         atomic_torch_save(network.state_dict(), weights)
@@ -553,7 +566,7 @@ def run_cell(
                 slices += sum(len(it["image"]) for it in items)
     eval_seconds = time.perf_counter() - t0
     workflow.finalize()
-    del workflow, trainer, template, network, pieces
+    del workflow, trainer, network, pieces
     gc.collect()
     shutil.rmtree(work, ignore_errors=True)
     record = {

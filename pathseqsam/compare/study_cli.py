@@ -7,6 +7,7 @@ Examples::
     python scripts/study_mechanisms.py                            # run (or resume) the whole grid
     python scripts/study_mechanisms.py --smoke --out /tmp/smoke   # the tiny grid CI runs
     python scripts/study_mechanisms.py --report-only              # report.md from cells.csv.gz
+    python scripts/study_mechanisms.py --check-leakage            # leakage.json (positions, truth, cases)
 
 The grid is :data:`pathseqsam.compare.study.GRID` (the protocol in
 ``docs/experiments/mechanisms/protocol.md``). Its finished cells are kept in the repository, in
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pathseqsam.compare.cells import CellMismatchError
-from pathseqsam.compare.study import COMPRESSION, GRID, SMOKE, run_study
+from pathseqsam.compare.study import COMPRESSION, GRID, SMOKE, StudySettings, run_study
 
 __all__ = ["DEFAULT_CELLS", "DEFAULT_CSV", "DEFAULT_OUT", "main"]
 
@@ -96,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="write report.md, report.json and the plots beside --csv from its rows, then stop",
     )
+    p.add_argument(
+        "--check-leakage",
+        action="store_true",
+        help="check that no test case, truth or damage-bearing position reaches a trained model "
+        "(the protocol's leakage check); writes leakage.json beside --csv, exit 1 when a check fails",
+    )
     args = p.parse_args(argv)
     compression = args.grid == "compression"
     settings = SMOKE if args.smoke else COMPRESSION if compression else GRID
@@ -138,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
+    if args.check_leakage:
+        return _check_leakage(settings, out, _configs(args.configs), csv.parent / "leakage.json")
     try:
         run_study(
             settings,
@@ -154,3 +163,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_leakage(settings: StudySettings, out: Path, configs: Path, target: Path) -> int:
+    from pathseqsam.atomic import atomic_write_json
+    from pathseqsam.compare.leakage import check_leakage
+    from pathseqsam.compare.study import prepare_data
+
+    arms = [a for a in ("sam2_memory", "memory_last") if a in settings.arms] or list(settings.arms[:1])
+    result = check_leakage(settings, prepare_data(settings, out), out, configs, arms=arms)
+    atomic_write_json(target, result)
+    blind = ", ".join(
+        f"{b['arm']}: {'identical' if b['identical'] else 'DIFFERENT'}" for b in result["truth_blind"]
+    )
+    print(
+        f"wrote {target}: test slices found in training {len(result['shared_slices'])}, "
+        f"test blocks found in training {len(result['shared_blocks'])}, "
+        f"nulls gaps constant {result['nulls_gaps_constant']}, predictions with labels zeroed: {blind}; "
+        + ("clean" if result["clean"] else "LEAKAGE CHECK FAILED")
+    )
+    return 0 if result["clean"] else 1

@@ -179,3 +179,62 @@ def test_compression_decision_rule(tmp_path, loss, may_change):
     diff = figures["sets"]["all"]["all slices"]["on - off"]
     assert diff["value"] == pytest.approx(-loss, abs=1e-9)
     assert figures["default_may_change"] is may_change
+
+
+def test_leakage_check_passes_on_the_smoke_grid_and_reads_back(smoke, capsys):
+    out = smoke[0]
+    assert main(["--smoke", "--out", str(out), "--check-leakage"]) == 0
+    result = json.loads((out / "leakage.json").read_text())
+    assert result["shared_slices"] == [] and result["shared_blocks"] == []
+    assert result["clean"] is True and result["nulls_gaps_constant"] is True
+    (blind,) = result["truth_blind"]
+    assert blind["arm"] == "sam2_memory" and blind["identical"] is True
+    assert blind["slices"] == min(4, SMOKE.test_cases) * SMOKE.sections
+    assert "clean" in capsys.readouterr().out
+
+
+def test_leakage_check_finds_a_test_case_in_training(smoke, tmp_path):
+    """A 'test set' made of training cases is found both by its pixels and by its tissue blocks."""
+    from pathseqsam.compare.leakage import check_leakage
+    from pathseqsam.data.datalist import load_datalist
+
+    train = smoke[0] / "data" / "train_seed0" / "study_train.json"
+    leaked = train.parent / "leaked_test.json"  # beside synthetic_meta.json, as a test set's datalist
+    items = load_datalist(train, "training")[:1]
+    leaked.write_text(json.dumps({"test": items}))
+    try:
+        result = check_leakage(
+            SMOKE, {"train": {0: train}, "test": {"leak": leaked}}, smoke[0], None, arms=()
+        )
+    finally:
+        leaked.unlink()
+    case = items[0]["case"]
+    assert result["clean"] is False
+    assert f"test_leak:{case}/0 = train_seed0:{case}/0" in result["shared_slices"]
+    assert result["shared_blocks"] == [f"test_leak:{case} = train_seed0:{case}"]
+
+
+def test_position_gaps_by_hand(tmp_path):
+    from PIL import Image
+
+    from pathseqsam.compare.leakage import position_damage_gaps
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"s{i}.png"
+        Image.fromarray(np.full((4, 4), i, np.uint8)).save(p)
+        paths.append(str(p))
+    item = {
+        "image": paths,
+        "case": "c",
+        "positions_um": [[0.0], [4.0], [20.0], [24.0]],
+        "degraded": [0, 0, 1, 0],
+    }
+    (tmp_path / "d.json").write_text(json.dumps({"test": [item]}))
+    gaps = position_damage_gaps(tmp_path / "d.json", "test")
+    assert gaps == {
+        "gap_min_um": 4.0,
+        "gap_max_um": 16.0,
+        "gap_before_degraded_um": 16.0,
+        "gap_before_clean_um": 4.0,
+    }
