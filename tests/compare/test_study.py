@@ -232,9 +232,13 @@ def test_position_gaps_by_hand(tmp_path):
     }
     (tmp_path / "d.json").write_text(json.dumps({"test": [item]}))
     gaps = position_damage_gaps(tmp_path / "d.json", "test")
+    p = gaps.pop("permutation_p")
     assert gaps == {
         "gap_min_um": 4.0,
         "gap_max_um": 16.0,
         "gap_before_degraded_um": 16.0,
         "gap_before_clean_um": 4.0,
     }
+    assert p == pytest.approx(
+        1 / 3, abs=0.03
+    )  # one damaged gap of three: only 1 of 3 placements is as extreme
