@@ -390,19 +390,19 @@ def main(argv: list[str] | None = None) -> None:
             ratio = steady["pathseqsam"]["memory_cross"] / steady["pathseqsam_compressed"]["memory_cross"]
             print(f"N={n:<3} memory cross-attention per memory frame, pathseqsam / compressed: {ratio:.2f}x")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "timing_s_per_slice": {
-                        n: {k: v for k, v in t.items() if k != "split"} for n, t in timing.items()
-                    },
-                    "split_ms_per_slice": {n: t["split"] for n, t in timing.items()},
-                    "memory_token_um": args.memory_token_um,
-                    "memory": [results[k] for k in sorted(results)],
+        from pathseqsam.atomic import atomic_write_json
+
+        atomic_write_json(  # a rerun never leaves a half-written file
+            args.json,
+            {
+                "timing_s_per_slice": {
+                    n: {k: v for k, v in t.items() if k != "split"} for n, t in timing.items()
                 },
-                f,
-                indent=2,
-            )
+                "split_ms_per_slice": {n: t["split"] for n, t in timing.items()},
+                "memory_token_um": args.memory_token_um,
+                "memory": [results[k] for k in sorted(results)],
+            },
+        )
 
 
 if __name__ == "__main__":
