@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,18 @@ import numpy as np
 from pathseqsam.data.datalist import load_datalist
 from pathseqsam.synthetic import SYNTHETIC_META
 
-__all__ = ["block_identity", "check_leakage", "pixel_hashes", "position_damage_gaps", "truth_blind"]
+__all__ = [
+    "TRUTH_ARMS",
+    "block_identity",
+    "check_leakage",
+    "pixel_hashes",
+    "position_damage_gaps",
+    "truth_blind",
+]
+
+
+# the pair the protocol's leakage trigger compares (Eq. 1 alone against stock memory)
+TRUTH_ARMS = ("sam2_memory", "memory_last")
 
 
 def pixel_hashes(datalist: str | Path, split: str) -> dict[str, str]:
@@ -121,19 +133,13 @@ def truth_blind(
     import torch
     from monai.transforms import Compose, Lambdad
 
-    from pathseqsam.compare.runner import RunSettings, _workflow
-    from pathseqsam.compare.study import _evaluate, _overrides, _seeded_initialize, eval_pieces
-    from pathseqsam.compare.variants import discover_variants
+    from pathseqsam.compare.study import _evaluate, arm_workflow, eval_pieces
 
-    configs = Path(configs)
     weights = Path(out_dir) / "models" / f"{arm}__seed{seed}.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no saved weights for {arm} seed {seed}; run its cell first")
-    files = [configs / "train.json", *discover_variants(configs)[arm].overlays]
     work = Path(out_dir) / "work" / f"leakage_{arm}__seed{seed}"
-    overrides = _overrides(settings, configs, data["train"][seed], work, None)
-    overrides["initialize"] = _seeded_initialize(files, seed)
-    workflow = _workflow(RunSettings(configs_dir=configs, out_dir=work), files, overrides)
+    workflow, _ = arm_workflow(settings, arm, seed, data, work, configs)
     network = workflow.parser.get_parsed_content("network")
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     network.eval()
@@ -149,6 +155,7 @@ def truth_blind(
         )
         _evaluate(pieces, network, items, {}, kinds, keep_pred=preds["zeroed"])
     workflow.finalize()
+    shutil.rmtree(work, ignore_errors=True)
     identical = len(preds["true"]) == len(preds["zeroed"]) and all(
         np.array_equal(a, b) for a, b in zip(preds["true"], preds["zeroed"])
     )
@@ -166,10 +173,14 @@ def check_leakage(
     data: dict[str, Any],
     out_dir: str | Path,
     configs: str | Path,
-    arms: Sequence[str] = ("sam2_memory", "memory_last"),
+    arms: Sequence[str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """All three checks on the study's data (from :func:`pathseqsam.compare.study.prepare_data`).
+
+    ``arms`` are the trained arms whose saved weights the truth check evaluates (default: those of
+    ``sam2_memory`` and ``memory_last``, the pair the protocol's trigger compares, that the grid has;
+    else its first arm).
 
     Returns:
         ``{"shared_slices", "shared_blocks", "positions", "truth_blind", "clean"}``: the lists of test
@@ -194,6 +205,8 @@ def check_leakage(
             if h in train_blocks:
                 shared_blocks.append(f"test_{name}:{case} = {train_blocks[h]}")
         positions[f"test_{name}"] = position_damage_gaps(datalist, "test")
+    if arms is None:
+        arms = [a for a in TRUTH_ARMS if a in settings.arms] or list(settings.arms[:1])
     blind = [truth_blind(settings, arm, seed, data, out_dir, configs) for arm in arms]
     nulls = positions.get("test_nulls")
     constant_nulls = nulls is None or np.isclose(nulls["gap_min_um"], nulls["gap_max_um"])

@@ -63,6 +63,7 @@ __all__ = [
     "TEST_SETS",
     "TRAIN_DIALS",
     "StudySettings",
+    "arm_workflow",
     "empty_rule_dice",
     "estimate_cost",
     "eval_pieces",
@@ -483,6 +484,38 @@ def _time_iterations(engine: Any) -> list[float]:
     return times
 
 
+def arm_workflow(
+    settings: StudySettings,
+    arm: str,
+    seed: int,
+    data: dict[str, Any],
+    work: Path,
+    configs: str | Path,
+    device: str | None = None,
+) -> tuple[Any, list[Path]]:
+    """The arm's initialised training workflow (``train.json`` + its overlay + the study's overrides,
+    seeded), with ``work`` emptied first as its scratch folder.
+
+    Returns:
+        ``(workflow, config files)``: ``train.json`` first, then the arm's overlays.
+
+    Raises:
+        ValueError: ``arm`` is not a variant of ``configs``.
+    """
+    from pathseqsam.compare.runner import RunSettings, _workflow
+
+    configs = Path(configs)
+    variants = discover_variants(configs)
+    if arm not in variants:
+        raise ValueError(f"unknown arm {arm!r}; known: {', '.join(variants)}")
+    shutil.rmtree(work, ignore_errors=True)  # scratch of an interrupted attempt: start over
+    work.mkdir(parents=True)
+    files = [configs / "train.json", *variants[arm].overlays]
+    overrides = _overrides(settings, configs, data["train"][seed], work, device)
+    overrides["initialize"] = _seeded_initialize(files, seed)
+    return _workflow(RunSettings(configs_dir=configs, out_dir=work), files, overrides), files
+
+
 def run_cell(
     settings: StudySettings,
     arm: str,
@@ -514,19 +547,10 @@ def run_cell(
 
     import torch
 
-    from pathseqsam.compare.runner import RunSettings, _workflow, count_parameters
+    from pathseqsam.compare.runner import count_parameters
 
-    configs = Path(configs)
-    variants = discover_variants(configs)
-    if arm not in variants:
-        raise ValueError(f"unknown arm {arm!r}; known: {', '.join(variants)}")
     work = Path(out_dir) / "work" / f"{arm}__seed{seed}"
-    shutil.rmtree(work, ignore_errors=True)  # scratch of an interrupted attempt: start the cell over
-    work.mkdir(parents=True)
-    files = [configs / "train.json", *variants[arm].overlays]
-    overrides = _overrides(settings, configs, data["train"][seed], work, device)
-    overrides["initialize"] = _seeded_initialize(files, seed)
-    workflow = _workflow(RunSettings(configs_dir=configs, out_dir=work), files, overrides)
+    workflow, files = arm_workflow(settings, arm, seed, data, work, configs, device)
     network = workflow.parser.get_parsed_content("network")
     trainable, total = count_parameters(network)
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -572,7 +596,7 @@ def run_cell(
     record = {
         "arm": arm,
         "seed": int(seed),
-        "overlays": [p.name for p in variants[arm].overlays],
+        "overlays": [p.name for p in files[1:]],
         "train_seconds": round(train_seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
         "iterations": iterations,

@@ -170,8 +170,7 @@ def _check_leakage(settings: StudySettings, out: Path, configs: Path, target: Pa
     from pathseqsam.compare.leakage import check_leakage
     from pathseqsam.compare.study import prepare_data
 
-    arms = [a for a in ("sam2_memory", "memory_last") if a in settings.arms] or list(settings.arms[:1])
-    result = check_leakage(settings, prepare_data(settings, out), out, configs, arms=arms)
+    result = check_leakage(settings, prepare_data(settings, out), out, configs)
     atomic_write_json(target, result)
     blind = ", ".join(
         f"{b['arm']}: {'identical' if b['identical'] else 'DIFFERENT'}" for b in result["truth_blind"]

@@ -239,6 +239,5 @@ def test_position_gaps_by_hand(tmp_path):
         "gap_before_degraded_um": 16.0,
         "gap_before_clean_um": 4.0,
     }
-    assert p == pytest.approx(
-        1 / 3, abs=0.03
-    )  # one damaged gap of three: only 1 of 3 placements is as extreme
+    # one damaged gap of three: only 1 of 3 placements is as extreme
+    assert p == pytest.approx(1 / 3, abs=0.03)
