@@ -19,6 +19,7 @@ __all__ = [
     "config_flag",
     "export_sam2_checkpoint",
     "merge_lora",
+    "token_budget_um",
 ]
 
 # SAM2 normalises RGB in [0, 1] with the ImageNet statistics (sam2.utils.transforms.SAM2Transforms).
@@ -31,12 +32,14 @@ _LAZY = {
     "build_pathseqsam": "pathseqsam.modeling.build",
     "export_sam2_checkpoint": "pathseqsam.modeling.lora",
     "merge_lora": "pathseqsam.modeling.lora",
+    "token_budget_um": "pathseqsam.modeling.memory_compression",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathseqsam.config_values import config_flag
     from pathseqsam.modeling.build import build_pathseqsam
     from pathseqsam.modeling.lora import export_sam2_checkpoint, merge_lora
+    from pathseqsam.modeling.memory_compression import token_budget_um
     from pathseqsam.modeling.network import PathSeqSAM
 
 

@@ -25,6 +25,9 @@ CONFIGS = ROOT / "bundle" / "configs"
 META = str(CONFIGS / "metadata.json")
 LOGGING = str(CONFIGS / "logging.conf")
 SIZE = 128
+# evaluate.json and inference.json compress memory by default: native 32 um tokens at 2 um/px for the
+# nearest memory slice, 4 x 4 pooling (128 um) beyond; training and its validation do not
+EVAL_TOKEN_UM = (32.0, 128.0)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,9 @@ def visible(tmp_path_factory) -> Path:
     return root
 
 
-def _direct_masks(state: Path, dataset: Path, case: dict) -> tuple[np.ndarray, np.ndarray | None]:
+def _direct_masks(
+    state: Path, dataset: Path, case: dict, memory_token_um: tuple[float, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The bundle's prediction recomputed without the bundle: network call, then the reference
     post-processing. Returns (masks ``[N, H, W]`` bool, labels ``[N, H, W]`` bool or None)."""
     from pathseqsam import build_pathseqsam
@@ -88,7 +93,12 @@ def _direct_masks(state: Path, dataset: Path, case: dict) -> tuple[np.ndarray, n
     item = {k: ([str(dataset / p) for p in v] if k in keys else v) for k, v in case.items()}
     data = NormalizeSAM2d("image")(LoadSequenced(keys)(item))
     net = build_pathseqsam(
-        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
+        model="tiny",
+        image_size=SIZE,
+        distance_unit_um=5.0,
+        multimask_output=False,
+        model_mpp_um=2.0,
+        memory_token_um=memory_token_um,
     ).eval()
     weights = torch.load(state, weights_only=True)
     net.load_state_dict(
@@ -172,7 +182,7 @@ def test_evaluate_saves_per_patch_metrics(visible, dataset):
     # independent: the same checkpoint called directly, the reference post-processing, numpy Dice
     expected, predicted = [], []
     for case in datalist["validation"]:
-        masks, labels = _direct_masks(root / "models" / "model.pt", dataset, case)
+        masks, labels = _direct_masks(root / "models" / "model.pt", dataset, case, EVAL_TOKEN_UM)
         expected += [_dice(m, lab) for m, lab in zip(masks, labels)]
         predicted.append(masks)
     assert 0.01 < np.concatenate(predicted).mean() < 0.99  # the model predicts something
@@ -222,7 +232,7 @@ def test_inference_writes_masks_that_match_the_network(visible, dataset, tmp_pat
     assert Image.open(out / entry["slices"][0]["overlay"]).size == (SIZE, SIZE)
 
     # independent check: the same network and checkpoint, called directly
-    masks, _ = _direct_masks(root / "models" / "model.pt", dataset, case)
+    masks, _ = _direct_masks(root / "models" / "model.pt", dataset, case, EVAL_TOKEN_UM)
     assert 0.01 < masks.mean() < 0.99  # not empty == empty
     for t, sl in enumerate(entry["slices"]):
         written = np.asarray(Image.open(out / sl["mask"])) > 0
@@ -275,7 +285,12 @@ def test_inference_ensemble_averages_the_mirrored_passes(visible, dataset, tmp_p
 
     # the visible model's mask logits hover around 0, so the mirrored passes change the masks
     net = build_pathseqsam(
-        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
+        model="tiny",
+        image_size=SIZE,
+        distance_unit_um=5.0,
+        multimask_output=False,
+        model_mpp_um=2.0,
+        memory_token_um=EVAL_TOKEN_UM,
     ).eval()
     net.load_state_dict(torch.load(visible / "models" / "model.pt", weights_only=True))
 
@@ -299,3 +314,24 @@ def test_inference_ensemble_averages_the_mirrored_passes(visible, dataset, tmp_p
     assert 0.01 < written.mean() < 0.99  # masks neither empty nor full
     assert (written != ensembled).mean() < 1e-3
     assert (ensembled != single).mean() > 0.01  # the mirrored passes changed the masks here
+
+
+@pytest.mark.parametrize(
+    ("files", "overrides", "expected"),
+    [
+        (["train.json"], {}, None),  # training (and its validation) attends to every memory token
+        (["train.json", "train_wsi.json"], {}, None),
+        (["train.json", "evaluate.json"], {}, EVAL_TOKEN_UM),
+        (["inference.json"], {}, EVAL_TOKEN_UM),
+        (["inference.json"], {"model_mpp_um": 0.5}, (8.0, 32.0)),  # the same setting in micrometres
+        (["inference.json"], {"memory_token_um": None}, None),  # off, for SAM2's own behaviour
+        (["train.json", "baselines/sam2_memory.json", "evaluate.json"], {}, None),  # stock SAM2 stays stock
+    ],
+)
+def test_memory_compression_is_on_for_evaluation_and_inference_only(files, overrides, expected):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in files])
+    parser.update({"bundle_root": str(ROOT / "bundle"), **overrides})
+    assert parser.get_parsed_content("network_def").settings.memory_token_um == expected

@@ -254,8 +254,13 @@ def test_ckpt_export_traces_a_fixed_length_torchscript_that_reproduces_pytorch(t
 
     overrides = {"image_size": 64, "memory_k": 2}
     torch.manual_seed(0)
-    net = build_pathseqsam(
-        model="tiny", distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0, **overrides
+    net = build_pathseqsam(  # inference.json's network: memory compressed to 32 / 128 um tokens
+        model="tiny",
+        distance_unit_um=5.0,
+        multimask_output=False,
+        model_mpp_um=2.0,
+        memory_token_um=(32.0, 128.0),
+        **overrides,
     )
     with torch.no_grad():  # object score forced positive: real mask logits, not SAM2's -1024 everywhere
         net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)

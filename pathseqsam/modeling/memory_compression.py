@@ -23,7 +23,35 @@ from torch import Tensor
 
 from pathseqsam.modeling.slide_memory import grid_token_positions
 
-__all__ = ["compress_slots", "grid_key_xy", "pool_factors"]
+__all__ = ["NATIVE_TOKEN_PX", "compress_slots", "grid_key_xy", "pool_factors", "token_budget_um"]
+
+NATIVE_TOKEN_PX = 16  # SAM2's memory features sit on the image encoder's stride-16 grid
+
+
+def token_budget_um(model_mpp_um: float, multiples: tuple[int, ...] = (1, 4)) -> list[float]:
+    """A memory token budget in micrometres: the native token size times ``multiples``.
+
+    The bundle's default, ``(1, 4)``, is the setting whose cost and quality were measured
+    (``docs/experiments/memory_cost/``): the nearest memory slice at its native tokens, every other
+    one pooled 4 x 4. Written in micrometres from the working resolution, so it stays that setting
+    when ``model_mpp_um`` changes.
+
+    Args:
+        model_mpp_um: the network's working resolution, micrometres per pixel.
+        multiples: pooling factor per distance rank, nearest first (the last for every slice beyond).
+
+    Returns:
+        ``memory_token_um``: micrometres per memory token, nearest first.
+
+    Raises:
+        ValueError: a resolution that is not positive, or a multiple below 1.
+    """
+    if model_mpp_um is None or not float(model_mpp_um) > 0:
+        raise ValueError(f"model_mpp_um must be positive micrometres per pixel, got {model_mpp_um}")
+    if not multiples or any(int(m) != m or m < 1 for m in multiples):
+        raise ValueError(f"multiples must be whole pooling factors >= 1, got {multiples}")
+    native = NATIVE_TOKEN_PX * float(model_mpp_um)
+    return [native * int(m) for m in multiples]
 
 
 def pool_factors(

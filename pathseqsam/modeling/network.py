@@ -684,6 +684,7 @@ class PathSeqSAM(SAM2Base):
                 "memory_token_um (micrometres per memory token) needs the network's working resolution: "
                 "build it with model_mpp_um"
             )
+        grid = (int(grid[0]), int(grid[1]))  # plain ints: under torch.jit.trace sizes are tensors
         native_um = self.image_size * float(mpp) / grid[1]
         return pool_factors(self.settings.memory_token_um, native_um, slots, grid)
 

@@ -96,3 +96,16 @@ def test_compressed_memory_uses_fewer_keys_nearest_first(monkeypatch):
     dist = [abs(34.0 + 1.0 - pos[0, j].item()) for j in mem.tolist() if j >= 0]
     assert dist == sorted(dist)  # nearest first: the nearest slice keeps full resolution
     assert math.isfinite(aux["object_score_logits"].sum().item())
+
+
+def test_token_budget_is_native_times_the_pooling_factors():
+    from pathseqsam import token_budget_um
+
+    assert token_budget_um(2.0) == [32.0, 128.0]  # 16 px stride x 2 um/px, then 4 x 4
+    assert token_budget_um(0.5, (1, 2, 4)) == [8.0, 16.0, 32.0]
+    # the budget the bundle writes pools exactly as the measured setting: native, then 4 x 4
+    assert pool_factors(tuple(token_budget_um(0.5)), 8.0, 3, (64, 64)) == [1, 4, 4]
+    with pytest.raises(ValueError, match="model_mpp_um must be positive"):
+        token_budget_um(0.0)
+    with pytest.raises(ValueError, match="whole pooling factors >= 1"):
+        token_budget_um(2.0, (1, 1.5))
