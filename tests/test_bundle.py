@@ -53,6 +53,20 @@ def trained(dataset, visible, tmp_path_factory) -> tuple[Path, ConfigWorkflow]:
     return root, workflow
 
 
+def _bundle_net(memory_token_um: tuple[float, ...] | None = None) -> torch.nn.Module:
+    """The bundle's network built directly (the configs' settings at ``SIZE``), in eval mode."""
+    from pathseqsam import build_pathseqsam
+
+    return build_pathseqsam(
+        model="tiny",
+        image_size=SIZE,
+        distance_unit_um=5.0,
+        multimask_output=False,
+        model_mpp_um=2.0,
+        memory_token_um=memory_token_um,
+    ).eval()
+
+
 def _from_visible(visible: Path) -> dict:
     return {"sam2_checkpoint": str(visible / "sam2.pt"), "learning_rate": 1e-6}
 
@@ -63,12 +77,8 @@ def visible(tmp_path_factory) -> Path:
     object-score bias forced to +5, so SAM2 never gates the masks to -1024 and the mask logits
     hover around 0 (masks neither empty nor full). A 1-epoch model predicts nothing, which would
     make mask comparisons empty == empty."""
-    from pathseqsam import build_pathseqsam
-
     torch.manual_seed(0)
-    net = build_pathseqsam(
-        model="tiny", image_size=SIZE, distance_unit_um=5.0, multimask_output=False, model_mpp_um=2.0
-    ).eval()
+    net = _bundle_net()
     with torch.no_grad():
         net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
     root = with_pretrained(tmp_path_factory.mktemp("visible"))
@@ -86,20 +96,12 @@ def _direct_masks(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The bundle's prediction recomputed without the bundle: network call, then the reference
     post-processing. Returns (masks ``[N, H, W]`` bool, labels ``[N, H, W]`` bool or None)."""
-    from pathseqsam import build_pathseqsam
     from pathseqsam.data.transforms import LoadSequenced, NormalizeSAM2d
 
     keys = [k for k in ("image", "label") if k in case]
     item = {k: ([str(dataset / p) for p in v] if k in keys else v) for k, v in case.items()}
     data = NormalizeSAM2d("image")(LoadSequenced(keys)(item))
-    net = build_pathseqsam(
-        model="tiny",
-        image_size=SIZE,
-        distance_unit_um=5.0,
-        multimask_output=False,
-        model_mpp_um=2.0,
-        memory_token_um=memory_token_um,
-    ).eval()
+    net = _bundle_net(memory_token_um)
     weights = torch.load(state, weights_only=True)
     net.load_state_dict(
         weights["model"] if "model" in weights else weights
@@ -280,18 +282,10 @@ def test_resume_continues_from_latest_checkpoint(trained, visible, dataset, tmp_
 def test_inference_ensemble_averages_the_mirrored_passes(visible, dataset, tmp_path):
     """``--ensemble true``: the masks are those of the sigmoid averaged over the 4 in-plane mirrors,
     recomputed here with direct network calls; they differ from the single pass's masks."""
-    from pathseqsam import build_pathseqsam
     from pathseqsam.data.transforms import LoadSequenced, NormalizeSAM2d
 
     # the visible model's mask logits hover around 0, so the mirrored passes change the masks
-    net = build_pathseqsam(
-        model="tiny",
-        image_size=SIZE,
-        distance_unit_um=5.0,
-        multimask_output=False,
-        model_mpp_um=2.0,
-        memory_token_um=EVAL_TOKEN_UM,
-    ).eval()
+    net = _bundle_net(EVAL_TOKEN_UM)
     net.load_state_dict(torch.load(visible / "models" / "model.pt", weights_only=True))
 
     datalist = json.loads((dataset / "datalist.json").read_text())
