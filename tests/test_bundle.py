@@ -320,6 +320,8 @@ def test_inference_ensemble_averages_the_mirrored_passes(visible, dataset, tmp_p
         (["inference.json"], {"model_mpp_um": 0.5}, (8.0, 32.0)),  # the same setting in micrometres
         (["inference.json"], {"memory_token_um": None}, None),  # off, for SAM2's own behaviour
         (["train.json", "baselines/sam2_memory.json", "evaluate.json"], {}, None),  # stock SAM2 stays stock
+        (["inference.json"], {"compress_memory": False}, None),
+        (["train.json"], {"compress_memory": True}, EVAL_TOKEN_UM),
     ],
 )
 def test_memory_compression_is_on_for_evaluation_and_inference_only(files, overrides, expected):
@@ -329,3 +331,17 @@ def test_memory_compression_is_on_for_evaluation_and_inference_only(files, overr
     parser.read_config([str(CONFIGS / f) for f in files])
     parser.update({"bundle_root": str(ROOT / "bundle"), **overrides})
     assert parser.get_parsed_content("network_def").settings.memory_token_um == expected
+
+
+@pytest.mark.parametrize("baseline", ["dynunet", "swinunetr"])
+def test_the_2d_baselines_evaluate_without_a_memory_setting(baseline):
+    """The 2D baselines replace ``network_def``; evaluation's compression switch must not reach them."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(
+        [str(CONFIGS / f) for f in ("train.json", f"baselines/{baseline}.json", "evaluate.json")]
+    )
+    parser.update({"bundle_root": str(ROOT / "bundle"), "image_size": 64})
+    net = parser.get_parsed_content("network_def")
+    assert not hasattr(net, "settings") and net(torch.zeros(1, 3, 2, 64, 64)).shape == (1, 1, 2, 64, 64)
