@@ -161,7 +161,10 @@ class SlideInferenceSettings:
         stride_um: distance between tile starts; default ``tile_um / 2`` (50 % overlap). Also the
             distance unit of Eq. 1 for the sequence.
         order: tile order, ``"serpentine"`` or ``"short_path"``.
-        per_tile: segment every tile alone (no memory): the baseline.
+        per_tile: segment every tile alone (no memory, overlaps blended). The bundle's
+            ``inference_wsi.json`` sets it true: in the whole-slide benchmark the tile sequence
+            did not beat it and ran at a fraction of its speed
+            (``docs/experiments/wsi_sequence/report.md``). False here runs the tiles as one sequence.
         blend: ``"gaussian"`` or ``"constant"`` tile weights.
         threshold: probability threshold.
         min_object_um2: objects smaller than this are removed.

@@ -80,7 +80,8 @@ def test_settings_come_from_the_bundle_and_server_overrides_only():
     assert isinstance(settings, SlideInferenceSettings)
     assert settings.threshold == 0.7 and settings.order == "short_path"
     assert settings.min_object_um2 == node["min_object_um2"] and settings.chunk == node["chunk"]
-    assert settings.per_tile is False and settings.mpp_um is None
+    # per-tile is the slides' default (the whole-slide benchmark: docs/experiments/wsi_sequence/report.md)
+    assert settings.per_tile is True and node["per_tile"] is True and settings.mpp_um is None
     # the geometry is the served network's (image_size and model_mpp_um of inference.json, not here)
     assert settings.image_size is None and settings.model_mpp_um is None and settings.tile_um is None
     # --conf mpp_um (files without a pixel size) serves slides too, unless slide_settings#mpp_um is given

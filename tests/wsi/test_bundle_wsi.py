@@ -93,6 +93,7 @@ def test_inference_wsi_command_on_an_aperio_svs(tmp_path, slide_files, tiny_chec
     # the working resolution is the network's (--model_mpp_um builds it), the slide settings the node's
     assert summary["settings"]["model_mpp_um"] == 4.0 and summary["settings"]["tile_um"] == 512.0
     assert summary["settings"]["chunk"] == 3 and summary["settings"]["overwrite"] is True
+    assert summary["settings"]["per_tile"] is True  # the slides' default mode
     assert summary["tiles"] > 0
     assert "syn_00: tiles" in proc.stderr + proc.stdout  # the progress line
     gj = json.loads((folder / "glomeruli.geojson").read_text())
