@@ -323,8 +323,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_token_um is None:
-        native = args.image_size * args.mpp_um / (args.image_size // 16)
-        args.memory_token_um = [native, 4 * native, 4 * native]
+        from pathseqsam import token_budget_um
+
+        args.memory_token_um = token_budget_um(args.mpp_um, (1, 4, 4))
 
     if args.variant:  # child process
         print("RESULT " + json.dumps(memory_worker(args)), flush=True)
